@@ -1,0 +1,60 @@
+"""Pieces shared by the REST API of both apps: pagination, error types, the CSV renderer."""
+
+from rest_framework import status
+from rest_framework.exceptions import APIException
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.renderers import BaseRenderer
+
+
+class Pagination(PageNumberPagination):
+    """`?page=N`, and `?page_size=` up to 200 (25 by default)."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class Conflict(APIException):
+    """409: the request is valid but the object's state does not allow it (cancel of a finished run)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state of the object."
+    default_code = "conflict"
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The upload is larger than the server accepts."
+    default_code = "too_large"
+
+
+class CSVRenderer(BaseRenderer):
+    """text/csv. Views return the CSV text themselves; this renders only error bodies as text."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if data is None:
+            return b""
+        if isinstance(data, (bytes, str)):
+            return data.encode() if isinstance(data, str) else data
+        if isinstance(data, dict) and "detail" in data:
+            return f"{data['detail']}\n".encode()
+        return f"{data}\n".encode()
+
+
+class PNGRenderer(BaseRenderer):
+    """image/png. Views return the image themselves; this renders only error bodies as text."""
+
+    media_type = "image/png"
+    format = "png"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if isinstance(data, bytes):
+            return data
+        if isinstance(data, dict) and "detail" in data:
+            return f"{data['detail']}\n".encode()
+        return b"" if data is None else f"{data}\n".encode()

@@ -1,0 +1,79 @@
+"""The Celery app: two durable queues, `cpu` and `gpu`, and settings for long tasks.
+
+Every task is routed by name to one of the two queues; there is no default `celery` queue, so
+a task that nobody routed fails loudly at publish time instead of waiting forever unread.
+"""
+
+import os
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "histoia.settings")
+
+app = Celery("histoia")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+_exchange = Exchange("histoia", type="direct", durable=True)
+# x-max-priority lets "urgent" predictions overtake waiting normal work on RabbitMQ. It must be
+# declared from the start: RabbitMQ refuses to redeclare a queue with other arguments.
+QUEUES = {
+    name: Queue(name, _exchange, routing_key=name, durable=True,
+                queue_arguments={"x-max-priority": 10})
+    for name in ("cpu", "gpu")
+}
+PRIORITY_NORMAL = 5
+PRIORITY_URGENT = 9
+
+app.conf.update(
+    task_queues=tuple(QUEUES.values()),
+    task_default_queue="cpu",
+    task_default_exchange="histoia",
+    task_default_routing_key="cpu",
+    task_create_missing_queues=False,
+    task_routes={
+        "experiments.*": {"queue": "cpu"},
+        "predictions.cpu.*": {"queue": "cpu"},
+        "predictions.gpu.*": {"queue": "gpu"},
+    },
+    task_default_priority=PRIORITY_NORMAL,
+    # Long tasks: acknowledge only once done, so a killed worker's task is delivered again;
+    # take one message at a time, so a busy worker does not sit on work another could do.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_track_started=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    # A worker sending a step's next messages rides out a broker restart (about a minute)
+    # instead of failing the step; the web process passes a shorter policy (engine.send_start).
+    task_publish_retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 0.5,
+                               "interval_max": 2},
+    # Task states are written to the database: retry those writes through a database restart
+    # (histoia/result_backend.py) instead of failing the task or stopping the worker.
+    result_backend_always_retry=True,
+    result_backend_max_retries=15,
+    result_backend_base_sleep_between_retries_ms=200,
+    result_backend_max_sleep_between_retries_ms=5000,
+    # Work is cut into short batches; anything near RabbitMQ's ack timeout is a bug.
+    task_time_limit=20 * 60,
+    task_soft_time_limit=18 * 60,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+)
+
+app.autodiscover_tasks()
+
+
+@signals.before_task_publish.connect
+def record_queued_task(sender=None, headers=None, body=None, routing_key=None, **kwargs):
+    """Create the task's result row when it is sent, so "queued" is a state pages can show.
+
+    django-celery-results only writes a row once a worker starts the task; until then a queued
+    task would be invisible. The worker later updates this same row (keyed by task id).
+    """
+    from predictions.task_records import record_sent
+
+    record_sent(headers or {}, routing_key)

@@ -1,0 +1,254 @@
+"""Settings for Histo-IA, all from environment variables.
+
+The defaults are the embedded, single-machine stack (SQLite and kombu's filesystem broker under
+var/), so `make run` needs nothing but Python. Production sets DATABASE_URL and CELERY_BROKER_URL
+(PostgreSQL and RabbitMQ) and the same code runs unchanged.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Local state of the embedded stack (SQLite file, broker folders, media by default).
+VAR_DIR = Path(env("HISTOIA_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DEBUG", default=False)
+# A development key is only tolerated with DEBUG on; production must set its own.
+SECRET_KEY = env("SECRET_KEY", default="dev-only-insecure-key" if DEBUG else environ.Env.NOTSET)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_results",
+    "django_celery_beat",
+    "django_htmx",
+    "experiments",
+    "predictions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "histoia.urls"
+WSGI_APPLICATION = "histoia.wsgi.application"
+ASGI_APPLICATION = "histoia.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+VAR_DIR.mkdir(exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'histoia.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and several worker processes write at once: WAL lets readers go on while
+    # one writes, the busy timeout makes a writer wait instead of failing with "database is
+    # locked", and IMMEDIATE transactions take the write lock up front so they never deadlock.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Worker processes started by the tests must see the test database, so it is a file.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth -----------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "predictions:dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Files ----------------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# Media are never served as plain static files: every slide, thumbnail and result goes through
+# a view that checks the user's lab (see experiments.views.slide_thumbnail).
+MEDIA_ROOT = env("MEDIA_ROOT", default=str(VAR_DIR / "media"))
+MEDIA_URL = "/media/"
+# Rendered viewer tiles are cached here (default: MEDIA_ROOT/cache/tiles); point it at a local
+# disk when MEDIA_ROOT is a network share.
+VIEWER_TILE_CACHE_DIR = env("VIEWER_TILE_CACHE_DIR", default="")
+# A lab's file share that slides can be imported from; empty means import is off.
+SLIDE_IMPORT_ROOT = env("SLIDE_IMPORT_ROOT", default="")
+# Largest slide accepted by upload, in bytes (default 20 GiB). Checked while streaming.
+SLIDE_UPLOAD_MAX_BYTES = env.int("SLIDE_UPLOAD_MAX_BYTES", default=20 * 1024**3)
+# Uploads above 2.5 MB stream to a temporary file on disk, never into memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
+if FILE_UPLOAD_TEMP_DIR:
+    Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_HANDLERS = ["experiments.uploads.SlideSizeLimitHandler"]
+
+# --- Security (check --deploy is clean when DEBUG is off) -----------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST framework -------------------------------------------------------------------------
+# The API lives under /api/v1/ (histoia/api_urls.py): token or session authentication, every
+# object scoped to the user's labs, OpenAPI 3 schema at /api/schema/ and docs at /api/docs/.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an unauthenticated request gets 401 with a WWW-Authenticate header.
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "histoia.api.Pagination",
+    "PAGE_SIZE": 25,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "histoia.api_schema.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Histo-IA API",
+    "DESCRIPTION": (
+        "Experiments, slides, pipelines and predictions of your labs. Authenticate with "
+        "`Authorization: Token <key>` (an admin creates the key, or `manage.py drf_create_token USER`) "
+        "or with the browser session. Submitting a prediction answers at once (202) with its id and "
+        "status URL; poll that URL for progress."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Swagger UI's files come from the drf-spectacular-sidecar package, not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "predictions.models.Status",
+        "SlideStatusEnum": "experiments.models.Slide.Status",
+    },
+}
+
+# --- Celery ---------------------------------------------------------------------------------
+# Read by histoia/celery.py (namespace CELERY_). The broker defaults to kombu's filesystem
+# transport: folders under var/broker, polled often enough that a click feels immediate.
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_IS_AMQP = CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for sub in ("queue", "processed", "control"):
+        (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        # Exchange bindings, so routing to the cpu/gpu queues and broadcasts (revoke) work.
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+elif CELERY_BROKER_IS_AMQP:
+    # Publisher confirms: a submit only returns once RabbitMQ has the message.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    # The gpu worker's solo pool cannot answer AMQP heartbeats while a batch runs; RabbitMQ
+    # would then drop the connection and redeliver the batch. TCP keepalive still detects a
+    # dead peer.
+    CELERY_BROKER_HEARTBEAT = 0
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_RESULT_BACKEND = "histoia.result_backend:RetryingDatabaseBackend"  # django-db, retrying
+CELERY_RESULT_EXTENDED = True
+CELERY_CACHE_BACKEND = "default"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=None)
+# Old task results are removed by Histo-IA's own scheduled task (predictions.cpu.expire_task_results,
+# TASK_RESULT_EXPIRE_DAYS below), which keeps rows of tasks still queued; None stops beat from also
+# installing celery.backend_cleanup, which would delete every row older than a day, queued or not.
+CELERY_RESULT_EXPIRES = None
+
+# --- Maintenance (scheduled by beat; see predictions/maintenance.py) --------------------------
+# Celery task results older than this are deleted (predictions keep their own records).
+TASK_RESULT_EXPIRE_DAYS = env.int("TASK_RESULT_EXPIRE_DAYS", default=30)
+# A running prediction with no progress for this long, and none of its work queued or running,
+# has its missing work sent again; after STUCK_PREDICTION_MAX_REQUEUES such attempts without
+# progress its unfinished slides fail with a reason.
+STUCK_PREDICTION_MINUTES = env.int("STUCK_PREDICTION_MINUTES", default=15)
+STUCK_PREDICTION_MAX_REQUEUES = env.int("STUCK_PREDICTION_MAX_REQUEUES", default=3)
+# A queued prediction whose start message never reached the broker is sent again after this long.
+QUEUED_RESEND_AFTER_SECONDS = env.int("QUEUED_RESEND_AFTER_SECONDS", default=60)
+
+# Linked from the staff monitoring page (Flower runs behind its own authentication).
+FLOWER_URL = env("FLOWER_URL", default="")
+
+# Recorded in every result's provenance.
+HISTOIA_VERSION = "0.1.0"
+
+# --- Logging --------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
