@@ -1,0 +1,72 @@
+from django.contrib import admin
+
+from .models import Experiment, Lab, Slide
+
+
+@admin.register(Lab)
+class LabAdmin(admin.ModelAdmin):
+    list_display = ["name", "member_count", "experiment_count", "created_at"]
+    search_fields = ["name", "members__username", "members__email"]
+    filter_horizontal = ["members"]
+
+    @admin.display(description="members")
+    def member_count(self, lab):
+        return lab.members.count()
+
+    @admin.display(description="experiments")
+    def experiment_count(self, lab):
+        return lab.experiments.count()
+
+
+class SlideInline(admin.TabularInline):
+    model = Slide
+    fields = ["original_name", "status", "vendor", "width", "height", "mpp", "error"]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ["name", "lab", "created_by", "created_at", "updated_at"]
+    list_filter = ["lab", "created_at"]
+    search_fields = ["name", "description", "notes", "lab__name", "created_by__username"]
+    date_hierarchy = "created_at"
+    autocomplete_fields = ["lab"]
+    raw_id_fields = ["created_by"]
+    inlines = [SlideInline]
+
+
+@admin.register(Slide)
+class SlideAdmin(admin.ModelAdmin):
+    list_display = ["original_name", "experiment", "lab", "status", "vendor", "dimensions",
+                    "mpp", "size_bytes", "created_at"]
+    list_filter = ["status", "vendor", "source", "experiment__lab"]
+    search_fields = ["original_name", "sha256", "experiment__name", "experiment__lab__name"]
+    list_select_related = ["experiment__lab"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["sha256", "size_bytes", "vendor", "width", "height", "level_count", "mpp",
+                       "objective_power", "validated_at", "created_at"]
+    raw_id_fields = ["experiment", "uploaded_by"]
+    actions = ["revalidate"]
+
+    @admin.display(ordering="experiment__lab__name")
+    def lab(self, slide):
+        return slide.experiment.lab
+
+    @admin.display(description="size (px)")
+    def dimensions(self, slide):
+        return f"{slide.width} x {slide.height}" if slide.width else "—"
+
+    @admin.action(description="Check the selected slides again")
+    def revalidate(self, request, queryset):
+        from django.db import transaction
+
+        from .tasks import validate_slide
+
+        ids = list(queryset.values_list("pk", flat=True))
+        queryset.update(status=Slide.Status.PENDING, error="")
+        for pk in ids:
+            transaction.on_commit(lambda pk=pk: validate_slide.delay(pk))
+        self.message_user(request, f"{len(ids)} slide(s) queued for checking.")

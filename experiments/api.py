@@ -1,0 +1,178 @@
+"""REST API for experiments and slides (/api/v1/experiments/, /api/v1/slides/).
+
+Every queryset goes through .for_user(): another lab's experiments and slides do not exist for
+this user (404 on every verb), exactly as in the pages.
+"""
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+
+from histoia.api import PNGRenderer
+from histoia.api_filters import IdFilter
+
+from . import uploads
+from .models import Experiment, Lab, Slide
+from .serializers import ExperimentSerializer, SlideImportSerializer, SlideSerializer, SlideUploadSerializer
+from .services import add_import, add_upload
+
+NOT_FOUND = OpenApiResponse(description="Not found, or not in one of your labs.")
+FIELD_ERRORS = OpenApiResponse(description="Field errors: `{\"field\": [\"message\", ...]}`.")
+
+
+class ExperimentFilter(filters.FilterSet):
+    lab = filters.ModelChoiceFilter(queryset=lambda request: Lab.objects.filter(members=request.user)
+                                    if request is not None else Lab.objects.none(),
+                                    help_text="Only this lab's experiments (a lab id).")
+    name = filters.CharFilter(lookup_expr="icontains", help_text="Name contains (case-insensitive).")
+
+    class Meta:
+        model = Experiment
+        fields = ["lab", "name"]
+
+
+class SlideFilter(filters.FilterSet):
+    experiment = IdFilter(field_name="experiment_id", help_text="Experiment id.")
+    status = filters.ChoiceFilter(choices=Slide.Status.choices)
+
+    class Meta:
+        model = Slide
+        fields = ["experiment", "status"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your labs' experiments", tags=["experiments"]),
+    retrieve=extend_schema(summary="One experiment", tags=["experiments"], responses={200: ExperimentSerializer,
+                                                                                      404: NOT_FOUND}),
+    create=extend_schema(
+        summary="Create an experiment", tags=["experiments"],
+        responses={201: ExperimentSerializer, 400: FIELD_ERRORS},
+        examples=[OpenApiExample("New experiment", request_only=True,
+                                 value={"lab": 1, "name": "Liver fibrosis, batch 7", "description": "Sirius red"})],
+    ),
+    partial_update=extend_schema(summary="Rename or describe an experiment", tags=["experiments"],
+                                 responses={200: ExperimentSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND}),
+)
+class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                        mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    serializer_class = ExperimentSerializer
+    filterset_class = ExperimentFilter
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return (
+            Experiment.objects.for_user(self.request.user)
+            .select_related("lab", "created_by")
+            .annotate(slide_count=Count("slides", distinct=True),
+                      ready_slide_count=Count("slides", filter=Q(slides__status=Slide.Status.READY), distinct=True))
+            .order_by("-created_at", "-pk")
+        )
+
+    def filter_queryset(self, queryset):
+        # Filters apply to the listing only, never to finding one object.
+        return super().filter_queryset(queryset) if self.action == "list" else queryset
+
+    def perform_create(self, serializer):
+        serializer.save(created_by=self.request.user)
+
+    def create(self, request, *args, **kwargs):
+        response = super().create(request, *args, **kwargs)
+        # Counts for the new row (annotated on reads only).
+        response.data["slide_count"] = response.data["ready_slide_count"] = 0
+        return response
+
+    @extend_schema(methods=["GET"], summary="The experiment's slides", tags=["slides"],
+                   responses={200: SlideSerializer(many=True), 404: NOT_FOUND})
+    @extend_schema(
+        methods=["POST"], summary="Upload slide files", tags=["slides"],
+        description="multipart/form-data, one or more files under `files`. Each slide is then checked "
+                    "on a worker: poll it until `status` is `ready` (or `invalid`, with `error`). A file over "
+                    "the upload limit (SLIDE_UPLOAD_MAX_BYTES) is refused with 413 and nothing is stored.",
+        request={"multipart/form-data": SlideUploadSerializer},
+        responses={201: SlideSerializer(many=True), 400: FIELD_ERRORS, 404: NOT_FOUND,
+                   413: OpenApiResponse(description="The upload is larger than the limit; nothing was stored.")},
+    )
+    @action(detail=True, methods=["get", "post"], url_path="slides",
+            parser_classes=[MultiPartParser, FormParser])
+    def slides(self, request, pk=None):
+        experiment = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(experiment.slides.select_related("uploaded_by").order_by("original_name", "pk"))
+            return self.get_paginated_response(SlideSerializer(page, many=True, context={"request": request}).data)
+        # Reading the files runs the streaming upload handler, which stops at the size limit.
+        files = request.FILES.getlist("files")
+        if getattr(request._request, "upload_too_large", False):
+            limit = settings.SLIDE_UPLOAD_MAX_BYTES
+            return Response({
+                "detail": f"The file is larger than the upload limit of {uploads.human_size(limit)}; nothing was "
+                          "stored. Large slides can be imported from the lab's file share instead.",
+                "max_bytes": limit,
+            }, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        if not files:
+            return Response({"files": ["Choose at least one slide file to upload (multipart field “files”)."]},
+                            status=status.HTTP_400_BAD_REQUEST)
+        with transaction.atomic():
+            slides = [add_upload(experiment, f, request.user) for f in files]
+        return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Import slides from the lab's file share", tags=["slides"],
+        description="Copies each file (a path relative to SLIDE_IMPORT_ROOT) into Histo-IA's storage and checks "
+                    "it on a worker. Paths outside the share are refused.",
+        request=SlideImportSerializer,
+        responses={201: SlideSerializer(many=True), 400: FIELD_ERRORS, 404: NOT_FOUND},
+        examples=[OpenApiExample("Two slides", request_only=True,
+                                 value={"paths": ["2026/case-01.svs", "2026/case-02.svs"]})],
+    )
+    @action(detail=True, methods=["post"], url_path="slides/import", parser_classes=[JSONParser])
+    def import_slides(self, request, pk=None):
+        experiment = self.get_object()
+        serializer = SlideImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            resolved = [uploads.resolve_import_path(p) for p in serializer.validated_data["paths"]]
+        except uploads.ImportPathError as exc:
+            return Response({"paths": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        except (OSError, ValueError):  # a name the file system cannot hold (too long, undecodable)
+            return Response({"paths": ["That file does not exist in the import folder."]},
+                            status=status.HTTP_400_BAD_REQUEST)
+        with transaction.atomic():
+            slides = [add_import(experiment, real, request.user) for real in resolved]
+        return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your labs' slides", tags=["slides"]),
+    retrieve=extend_schema(summary="One slide: status, error, metadata", tags=["slides"],
+                           responses={200: SlideSerializer, 404: NOT_FOUND}),
+)
+class SlideViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = SlideSerializer
+    filterset_class = SlideFilter
+
+    def filter_queryset(self, queryset):
+        # Filters apply to the listing only, never to finding one object.
+        return super().filter_queryset(queryset) if self.action == "list" else queryset
+
+    def get_queryset(self):
+        return Slide.objects.for_user(self.request.user).select_related("uploaded_by").order_by("-created_at", "-pk")
+
+    @extend_schema(summary="The slide's thumbnail (PNG)", tags=["slides"],
+                   responses={(200, "image/png"): OpenApiTypes.BINARY, 404: NOT_FOUND})
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, PNGRenderer])
+    def thumbnail(self, request, pk=None):
+        slide = self.get_object()
+        if not slide.thumbnail:
+            raise Http404("This slide has no thumbnail yet.")
+        return FileResponse(slide.thumbnail.open("rb"), content_type="image/png")

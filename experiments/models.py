@@ -1,0 +1,127 @@
+"""Labs, their experiments, and the slides in them."""
+
+import uuid
+from pathlib import PurePath
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Lab(models.Model):
+    """A team. Everything a user sees is reached through the labs they belong to."""
+
+    name = models.CharField(max_length=120, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="labs", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class ExperimentQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Only the experiments of the user's labs: the one door every view goes through."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(lab__members=user)
+
+
+class Experiment(models.Model):
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    notes = models.TextField(blank=True)
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="experiments")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ExperimentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["lab", "name"], name="unique_experiment_name_per_lab")
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("experiments:detail", args=[self.pk])
+
+
+def slide_upload_path(slide, filename):
+    # A random folder per slide: two uploads with the same name never collide, and the stored
+    # path reveals nothing a user typed except the cleaned file name.
+    return f"slides/lab-{slide.experiment.lab_id}/{uuid.uuid4().hex}/{PurePath(filename).name}"
+
+
+def thumbnail_path(slide, filename):
+    return f"thumbnails/lab-{slide.experiment.lab_id}/slide-{slide.pk}.png"
+
+
+class SlideQuerySet(models.QuerySet):
+    def for_user(self, user):
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(experiment__lab__members=user)
+
+
+class Slide(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        READY = "ready", "Ready"
+        INVALID = "invalid", "Invalid"
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        IMPORT = "import", "Import"
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="slides")
+    file = models.FileField(upload_to=slide_upload_path, max_length=500, blank=True)
+    original_name = models.CharField(max_length=255)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
+    # For imports: the path relative to SLIDE_IMPORT_ROOT it was copied from.
+    import_path = models.CharField(max_length=1000, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    error = models.TextField(blank=True)
+
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    vendor = models.CharField(max_length=50, blank=True, help_text="OpenSlide vendor or image format")
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    level_count = models.PositiveSmallIntegerField(null=True, blank=True)
+    mpp = models.FloatField("µm per pixel", null=True, blank=True)
+    objective_power = models.FloatField(null=True, blank=True)
+    thumbnail = models.ImageField(upload_to=thumbnail_path, max_length=300, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SlideQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["experiment", "original_name", "pk"]
+
+    def __str__(self):
+        return self.original_name
+
+    @property
+    def is_ready(self):
+        return self.status == self.Status.READY
+
+    @property
+    def mpp_missing(self):
+        return self.mpp is None

@@ -1,0 +1,234 @@
+"""Reading slide files: OpenSlide for whole-slide formats, Pillow for plain images.
+
+Plain Python, no Django: the validation task and every pipeline read slides through this one
+door, so a format that opens here opens everywhere. Errors are SlideFileError with a sentence a
+lab member understands; the technical cause is kept as __cause__ for the logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+# A plain (non-pyramidal) image is decoded whole into memory; beyond this many pixels it should
+# be converted to a tiled, pyramidal format first.
+MAX_PLAIN_IMAGE_PIXELS = 200_000_000
+# Declared dimensions above this are refused before anything is decoded (a hostile header).
+MAX_DECLARED_PIXELS = 250_000 * 250_000
+
+# Plain image formats Pillow reads, by file name ending.
+PLAIN_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
+
+UNREADABLE = (
+    "This file is not a slide image Histo-IA can read: the format was not recognised. "
+    "It may be corrupt or incomplete, or not an image at all. Supported: Aperio SVS, "
+    "Hamamatsu NDPI/VMS, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, "
+    "Zeiss CZI, DICOM, generic tiled TIFF, and plain PNG, JPEG or TIFF images."
+)
+
+
+DAMAGED_TIFF = (
+    "This file starts like a TIFF-based slide (SVS, NDPI, tiled TIFF...) but the rest of it is "
+    "damaged or missing: it may be truncated, for example by an interrupted upload or copy. "
+    "Upload it again from the original."
+)
+
+
+class SlideFileError(Exception):
+    """A slide that cannot be used; str(error) is shown to the user as it is."""
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    vendor: str
+    width: int
+    height: int
+    level_count: int
+    mpp: float | None
+    objective_power: float | None
+
+
+def sha256_of(path: str | Path, chunk_size: int = 4 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if np.isfinite(result) and result > 0 else None
+
+
+class SlideReader:
+    """One open slide. Coordinates are level-0 pixels; regions come back as RGB uint8 arrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise SlideFileError("The slide file is missing from storage.") from exc
+        if size == 0:
+            raise SlideFileError("The file is empty (0 bytes): the upload or copy did not complete.")
+        self._slide = None
+        self._image: Image.Image | None = None
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(self.path))
+        except openslide.OpenSlideError:
+            fmt = None
+        if fmt:
+            self._open_openslide(fmt)
+        else:
+            self._open_pillow()
+
+    def _open_openslide(self, fmt: str) -> None:
+        try:
+            self._slide = openslide.OpenSlide(str(self.path))
+            width, height = self._slide.dimensions
+            if width * height > MAX_DECLARED_PIXELS:
+                raise SlideFileError(
+                    f"The file declares {width:,} x {height:,} pixels, more than any real slide; "
+                    "it is refused."
+                )
+            props = self._slide.properties
+            # Reading one small region early catches truncated files now, not mid-pipeline.
+            self._slide.read_region((0, 0), self._slide.level_count - 1, (1, 1))
+        except SlideFileError:
+            raise
+        except openslide.OpenSlideError as exc:
+            raise SlideFileError(
+                "The slide file is damaged and cannot be read (it may be truncated or corrupt). "
+                f"Detail: {exc}"
+            ) from exc
+        mpp_x = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+        mpp_y = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        self.info = SlideInfo(
+            vendor=props.get(openslide.PROPERTY_NAME_VENDOR) or fmt,
+            width=width,
+            height=height,
+            level_count=self._slide.level_count,
+            mpp=(mpp_x + mpp_y) / 2 if mpp_x and mpp_y else mpp_x or mpp_y,
+            objective_power=_float_or_none(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)),
+        )
+        self.level_dimensions = self._slide.level_dimensions
+        self.level_downsamples = self._slide.level_downsamples
+
+    def _open_pillow(self) -> None:
+        try:
+            image = Image.open(self.path)
+            width, height = image.size
+            fmt = (image.format or "image").lower()
+        except Image.DecompressionBombError as exc:
+            declared = re.search(r"\((\d+) pixels\)", str(exc))
+            amount = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than any real slide"
+            raise SlideFileError(f"The image declares {amount}, far more than a plain image slide can have; "
+                                 "it is refused. (Large slides must be tiled, pyramidal files.)") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise SlideFileError(DAMAGED_TIFF if self._looks_like_tiff() else UNREADABLE) from exc
+        if fmt not in ("png", "jpeg", "tiff"):
+            raise SlideFileError(UNREADABLE)
+        expected = PLAIN_SUFFIXES.get(self.path.suffix.lower())
+        if expected != fmt:
+            # A renamed file is usually a mistake (the wrong file was picked): say what it is.
+            raise SlideFileError(
+                f"This file is a {fmt.upper()} image but its name ends in “{self.path.suffix}”. "
+                f"If it is the image you meant, rename it to .{'jpg' if fmt == 'jpeg' else fmt} and upload it again."
+            )
+        if width * height > MAX_PLAIN_IMAGE_PIXELS:
+            raise SlideFileError(
+                f"This {fmt.upper()} image is {width:,} x {height:,} pixels and not tiled; "
+                "convert it to a tiled, pyramidal TIFF (e.g. with vips) before importing."
+            )
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise SlideFileError(
+                "The image is damaged and cannot be decoded (it may be truncated)."
+            ) from exc
+        self._image = image.convert("RGB")
+        # Plain images carry no reliable pixel size (DPI is a print setting), so mpp stays unknown.
+        self.info = SlideInfo(fmt, width, height, 1, None, None)
+        self.level_dimensions = ((width, height),)
+        self.level_downsamples = (1.0,)
+
+    def _looks_like_tiff(self) -> bool:
+        # SVS, NDPI, SCN, Philips and generic slides are TIFF inside; a broken one still starts so.
+        with open(self.path, "rb") as fh:
+            return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.info.width, self.info.height
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * 1.01:
+                best = level
+        return best
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 array (h, w, 3); transparent or out-of-slide pixels come back white."""
+        if self._slide is not None:
+            try:
+                region = self._slide.read_region(location, level, size)
+            except openslide.OpenSlideError as exc:
+                raise SlideFileError(f"Part of the slide could not be read (damaged file): {exc}") from exc
+            rgba = np.asarray(region)
+            rgb = rgba[..., :3].astype(np.uint8, copy=True)
+            rgb[rgba[..., 3] == 0] = 255
+            return rgb
+        x, y = location
+        w, h = size
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        crop = np.asarray(self._image.crop((x, y, x + w, y + h)))
+        out[: crop.shape[0], : crop.shape[1]] = crop[: h, : w]
+        return out
+
+    def read_downsampled(self, downsample: float) -> tuple[np.ndarray, float]:
+        """The whole slide at roughly 1/downsample scale, and the exact scale used.
+
+        Reads the nearest pyramid level at or below the wanted scale and resizes it, so the
+        cost stays bounded for slides of any size.
+        """
+        level = self.best_level_for_downsample(downsample)
+        lw, lh = self.level_dimensions[level]
+        target = (max(1, round(self.info.width / downsample)), max(1, round(self.info.height / downsample)))
+        region = self.read_region((0, 0), level, (lw, lh))
+        if (lw, lh) != target:
+            region = np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BOX))
+        return region, self.info.width / target[0]
+
+    def thumbnail(self, max_size: int = 512) -> Image.Image:
+        if self._slide is not None:
+            try:
+                return self._slide.get_thumbnail((max_size, max_size)).convert("RGB")
+            except openslide.OpenSlideError as exc:
+                raise SlideFileError(f"The slide could not be rendered (damaged file): {exc}") from exc
+        image = self._image.copy()
+        image.thumbnail((max_size, max_size))
+        return image
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+        if self._image is not None:
+            self._image.close()
+
+    def __enter__(self) -> "SlideReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

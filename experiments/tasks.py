@@ -1,0 +1,68 @@
+"""Slide validation, on the cpu queue: copy an import in, open it, record metadata, thumbnail."""
+
+import io
+import logging
+
+from celery import shared_task
+from django.core.files.base import ContentFile, File
+from django.utils import timezone
+
+from .models import Slide
+from .slide_files import SlideFileError, SlideReader, sha256_of
+from .uploads import ImportPathError, resolve_import_path
+
+log = logging.getLogger(__name__)
+
+
+def _copy_import(slide: Slide) -> None:
+    # Imports are copied into media storage: workers on other machines read the same copy, and
+    # a later change on the lab's share cannot alter a slide that was already analysed.
+    source = resolve_import_path(slide.import_path)
+    with open(source, "rb") as fh:
+        slide.file.save(source.name, File(fh), save=False)
+    Slide.objects.filter(pk=slide.pk).update(file=slide.file.name)
+
+
+@shared_task(name="experiments.validate_slide")
+def validate_slide(slide_id: int) -> str:
+    """Make a pending slide ready or invalid. Safe to run twice: a decided slide is left alone."""
+    slide = Slide.objects.select_related("experiment").filter(pk=slide_id).first()
+    if slide is None or slide.status != Slide.Status.PENDING:
+        return "skipped"
+    try:
+        if slide.source == Slide.Source.IMPORT and not slide.file:
+            _copy_import(slide)
+        path = slide.file.path
+        with SlideReader(path) as reader:
+            info = reader.info
+            thumbnail = reader.thumbnail(512)
+        digest = sha256_of(path)
+    except (SlideFileError, ImportPathError) as exc:
+        return _mark_invalid(slide, str(exc))
+    except Exception as exc:  # a bug or a storage failure: still tell the user, keep the trace
+        log.exception("validating slide %s failed", slide_id)
+        return _mark_invalid(slide, f"The slide could not be checked because of an internal error ({type(exc).__name__}). Ask an admin to look at the worker log.")
+
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="PNG")
+    slide.thumbnail.save("thumbnail.png", ContentFile(buffer.getvalue()), save=False)
+    slide.sha256 = digest
+    slide.size_bytes = slide.file.size
+    slide.vendor = info.vendor
+    slide.width, slide.height = info.width, info.height
+    slide.level_count = info.level_count
+    slide.mpp = info.mpp
+    slide.objective_power = info.objective_power
+    slide.status = Slide.Status.READY
+    slide.error = ""
+    slide.validated_at = timezone.now()
+    slide.save()
+    return "ready"
+
+
+def _mark_invalid(slide: Slide, message: str) -> str:
+    Slide.objects.filter(pk=slide.pk).update(
+        status=Slide.Status.INVALID, error=message, validated_at=timezone.now(),
+        size_bytes=slide.file.size if slide.file and slide.file.storage.exists(slide.file.name) else None,
+    )
+    return "invalid"

@@ -1,0 +1,132 @@
+"""Pages for experiments and their slides. Every lookup goes through .for_user(): another lab's
+objects do not exist for this user (404), they are not merely forbidden."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.db import transaction
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.http import require_GET, require_POST
+
+from . import uploads
+from .forms import ExperimentForm
+from .models import Experiment, Lab, Slide
+from .services import add_import, add_upload
+
+
+@require_GET
+def experiment_list(request):
+    experiments = (
+        Experiment.objects.for_user(request.user)
+        .select_related("lab", "created_by")
+        .annotate(
+            slide_count=Count("slides", distinct=True),
+            ready_count=Count("slides", filter=Q(slides__status=Slide.Status.READY), distinct=True),
+        )
+    )
+    return render(request, "experiments/list.html", {
+        "experiments": experiments,
+        "has_lab": Lab.objects.filter(members=request.user).exists(),
+    })
+
+
+def experiment_create(request):
+    form = ExperimentForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        experiment = form.save(commit=False)
+        experiment.created_by = request.user
+        experiment.save()
+        messages.success(request, f"Experiment “{experiment.name}” created. Add slides to it below.")
+        return redirect(experiment)
+    return render(request, "experiments/create.html", {"form": form})
+
+
+def _experiment(request, pk):
+    return get_object_or_404(Experiment.objects.for_user(request.user).select_related("lab"), pk=pk)
+
+
+@require_GET
+def experiment_detail(request, pk):
+    experiment = _experiment(request, pk)
+    return render(request, "experiments/detail.html", {
+        **_slide_table(experiment),
+        "predictions": experiment.predictions.select_related("pipeline", "triggered_by")[:20],
+        "max_upload": uploads.human_size(settings.SLIDE_UPLOAD_MAX_BYTES),
+        "import_enabled": uploads.import_root() is not None,
+    })
+
+
+@require_GET
+def experiment_slides(request, pk):
+    """The slide table alone, polled by the experiment page while slides are pending."""
+    experiment = _experiment(request, pk)
+    return render(request, "experiments/_slides.html", _slide_table(experiment))
+
+
+def _slide_table(experiment):
+    slides = list(experiment.slides.all())
+    return {
+        "experiment": experiment,
+        "slides": slides,
+        "any_pending": any(s.status == Slide.Status.PENDING for s in slides),
+    }
+
+
+@csrf_protect
+@require_POST
+def slide_upload(request, pk):
+    # Touching request.FILES runs the streaming upload handlers; a file over the limit is cut
+    # off there and request.upload_too_large tells us so.
+    files = request.FILES.getlist("files")
+    experiment = _experiment(request, pk)
+    if getattr(request, "upload_too_large", False):
+        messages.error(request, f"That file is larger than the upload limit of {uploads.human_size(settings.SLIDE_UPLOAD_MAX_BYTES)}; nothing was stored. Large slides can be imported from the lab's file share instead.")
+        return redirect(experiment)
+    if not files:
+        messages.error(request, "Choose at least one slide file to upload.")
+        return redirect(experiment)
+    with transaction.atomic():
+        slides = [add_upload(experiment, f, request.user) for f in files]
+    names = ", ".join(s.original_name for s in slides)
+    messages.success(request, f"Uploaded {names}. Each slide is now being checked; this page updates by itself.")
+    return redirect(experiment)
+
+
+def slide_import(request, pk):
+    experiment = _experiment(request, pk)
+    if request.method == "POST":
+        paths = request.POST.getlist("paths")
+        try:
+            resolved = [uploads.resolve_import_path(p) for p in paths]
+        except uploads.ImportPathError as exc:
+            messages.error(request, str(exc))
+            return redirect("experiments:import", pk=experiment.pk)
+        if not resolved:
+            messages.error(request, "Tick at least one file to import.")
+            return redirect("experiments:import", pk=experiment.pk)
+        with transaction.atomic():
+            for real in resolved:
+                add_import(experiment, real, request.user)
+        messages.success(request, f"Importing {len(resolved)} slide(s); each is copied in and checked in the background.")
+        return redirect(experiment)
+    folder = request.GET.get("folder", "")
+    try:
+        current, entries = uploads.list_import_folder(folder)
+        error = None
+    except uploads.ImportPathError as exc:
+        current, entries, error = folder, [], str(exc)
+    parent = current.rsplit("/", 1)[0] if "/" in current else ("" if current else None)
+    return render(request, "experiments/import.html", {
+        "experiment": experiment, "entries": entries, "folder": current,
+        "parent": parent, "error": error,
+    }, status=200 if error is None else 400)
+
+
+@require_GET
+def slide_thumbnail(request, pk):
+    slide = get_object_or_404(Slide.objects.for_user(request.user), pk=pk)
+    if not slide.thumbnail:
+        raise Http404("This slide has no thumbnail yet.")
+    return FileResponse(slide.thumbnail.open("rb"), content_type="image/png")
