@@ -1,0 +1,51 @@
+"""Keeping database rows in step with the code: pipeline versions and the shipped demo model."""
+
+import json
+from pathlib import Path
+
+from django.core.files import File
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+
+
+def sync_pipelines(**kwargs) -> None:
+    """One Pipeline row per pipeline version in the registry (runs after every migrate).
+
+    New versions appear enabled; admins' enable flags and descriptions are never overwritten.
+    A row whose code is gone stays (history points at it) but is marked not installed.
+    """
+    from .models import Pipeline
+    from .pipelines import REGISTRY
+
+    for (name, version), code in REGISTRY.items():
+        row, created = Pipeline.objects.get_or_create(name=name, version=version, defaults={
+            "title": code.title, "description": code.description})
+        row.installed = True
+        row.batch_queue = code.batch_queue
+        row.param_schema = [p.schema() for p in code.params]
+        row.steps = [{"name": s.name, "queue": s.queue, "produces": s.produces} for s in code.steps]
+        row.model_name = code.model_name or ""
+        row.save()
+    for row in Pipeline.objects.filter(installed=True):
+        if (row.name, row.version) not in REGISTRY:
+            Pipeline.objects.filter(pk=row.pk).update(installed=False)
+
+
+def register_demo_model(user=None):
+    """Register the shipped demo tile classifier once; returns the row."""
+    from .models import RegisteredModel
+
+    meta = json.loads((DEMO_MODEL_DIR / "model.json").read_text())
+    existing = RegisteredModel.objects.filter(name=meta["name"], version=meta["version"]).first()
+    if existing:
+        return existing
+    description = meta.get("description") or (DEMO_MODEL_DIR / "README.md").read_text()[:4000]
+    with open(DEMO_MODEL_DIR / "tissue_classifier_demo.pt", "rb") as fh:
+        model = RegisteredModel(
+            name=meta["name"], version=meta["version"], tile_size=meta["tile_size"], mpp=meta["mpp"],
+            mean=meta["mean"], std=meta["std"], class_names=meta["class_names"],
+            description=description, registered_by=user,
+        )
+        model.file.save("tissue_classifier_demo.pt", File(fh), save=False)
+        model.save()
+    return model

@@ -1,0 +1,414 @@
+"""Running predictions: submit, fan out per slide, batches, aggregate, finish, cancel.
+
+The tasks in tasks.py are thin wrappers around these functions. The rules they keep
+(DESIGN.md, "Rules that shape the design"):
+
+- Dispatch after commit: every message is sent from transaction.on_commit.
+- Short tasks: a slide is prepare → batches of tiles → aggregate; each batch a few seconds.
+- Bounded fan-out: submitting publishes one message; at most SLIDE_WINDOW slides of a prediction
+  are in flight, and each slide's prepare publishes that slide's batches.
+- Idempotent: a batch delivered twice replaces its own BatchResult row; prepare and aggregate
+  can run again and overwrite what they wrote; a slide is claimed by a conditional UPDATE.
+- Cancel is a flag checked at every task start (the next batch boundary); queued messages are
+  also revoked so workers drop them without loading anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import socket
+import time
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import DatabaseError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from experiments.slide_files import SlideFileError, SlideReader
+
+from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
+from .models import result_path
+from .pipelines import ParamError, Plan, Prepared
+
+log = logging.getLogger(__name__)
+
+# Slides of one prediction prepared or processed at the same time; keeps the broker and every
+# process holding a bounded amount of work, however many slides were submitted.
+SLIDE_WINDOW = 4
+
+
+# Publishing from a web request: a few quick tries (workers use the longer default policy).
+SUBMIT_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+
+class SubmitError(ValueError):
+    """A submission the user must correct (bad parameter, slide not ready, no model...).
+
+    `field` names the input at fault ("pipeline", "params", "slides"), so the API can answer
+    with a field error; pages show str(exc).
+    """
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+# -- submit -------------------------------------------------------------------------------------
+def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=Prediction.Trigger.USER,
+           priority=Prediction.Priority.NORMAL, schedule_name="", rerun_of=None) -> Prediction:
+    """Create a queued prediction and send its one start message after commit."""
+    if not pipeline_row.enabled or not pipeline_row.installed:
+        raise SubmitError(f"The pipeline {pipeline_row} is disabled.", "pipeline")
+    code = pipeline_row.code
+    try:
+        parsed = code.parse_params(params)
+    except ParamError as exc:
+        raise SubmitError(str(exc), "params") from exc
+    slides = list(slides)
+    if not slides:
+        raise SubmitError("Choose at least one slide.", "slides")
+    not_ready = [s.original_name for s in slides if s.status != s.Status.READY]
+    if not_ready:
+        raise SubmitError(f"These slides are not ready: {', '.join(not_ready)}.", "slides")
+    if any(s.experiment_id != experiment.pk for s in slides):
+        raise SubmitError("Every slide must belong to the experiment.", "slides")
+    model = None
+    if code.model_name:
+        model = current_model(code.model_name)
+        if model is None:
+            raise SubmitError(f"No enabled model “{code.model_name}” is registered; an admin must register one.",
+                              "pipeline")
+    with transaction.atomic():
+        prediction = Prediction.objects.create(
+            experiment=experiment, pipeline=pipeline_row, model=model, params=parsed,
+            priority=priority, trigger=trigger, triggered_by=user, schedule_name=schedule_name,
+            rerun_of=rerun_of, model_sha256=model.sha256 if model else "",
+            software_version=settings.HISTOIA_VERSION, total_units=2 * len(slides),
+        )
+        SlideRun.objects.bulk_create([
+            SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2) for s in slides
+        ])
+        send_start(prediction)
+    return prediction
+
+
+def current_model(model_name: str) -> RegisteredModel | None:
+    """The model a new prediction of a model pipeline uses: the newest enabled of its family."""
+    return RegisteredModel.objects.filter(name=model_name, enabled=True).order_by("-created_at", "-pk").first()
+
+
+def send_start(prediction: Prediction) -> None:
+    """Send the start message after commit; a broker that is away does not fail the submit.
+
+    The prediction stays queued and predictions.cpu.resend_queued_predictions sends it again
+    (it finds no task row for start_task_id: the row written at publish time is removed here).
+    """
+    _send_after_commit("predictions.cpu.start_prediction", prediction, [prediction.pk],
+                       task_id=start_task_id(prediction), robust=True)
+
+
+def _send_after_commit(task_name, prediction, args, task_id=None, robust=False):
+    from histoia.celery import app
+
+    priority = prediction.celery_priority
+
+    def send():
+        if not robust:
+            app.send_task(task_name, args=args, task_id=task_id, priority=priority)
+            return
+        try:
+            # Submitted from a page or the API: give up on the broker within a few seconds
+            # rather than hold the request; the re-send job sends it later.
+            app.send_task(task_name, args=args, task_id=task_id, priority=priority, retry_policy=SUBMIT_RETRY)
+        except Exception:
+            log.warning("could not send %s for prediction %s; it will be sent again", task_name,
+                        prediction.pk, exc_info=True)
+            _forget_unsent(task_id)
+
+    transaction.on_commit(send)
+
+
+def _forget_unsent(task_id):
+    from django_celery_results.models import TaskResult
+
+    try:
+        TaskResult.objects.filter(task_id=task_id, status="PENDING").delete()
+    except DatabaseError:
+        log.warning("could not remove the task row of unsent task %s", task_id, exc_info=True)
+
+
+def start_task_id(prediction) -> str:
+    return f"p{prediction.pk}-start"
+
+
+def prepare_task_id(run: SlideRun) -> str:
+    return f"p{run.prediction_id}-r{run.pk}-prepare"
+
+
+def aggregate_task_id(run: SlideRun) -> str:
+    return f"p{run.prediction_id}-r{run.pk}-aggregate"
+
+
+def batch_task_id(run: SlideRun, index: int) -> str:
+    # Deterministic ids: cancel can revoke them without having stored them, and a re-sent batch
+    # is recognisably the same task in the result table.
+    return f"p{run.prediction_id}-r{run.pk}-b{index}"
+
+
+# -- start and advance --------------------------------------------------------------------------
+def start(prediction_id: int) -> None:
+    now = timezone.now()
+    Prediction.objects.filter(pk=prediction_id, status=Status.QUEUED).update(status=Status.RUNNING, started_at=now)
+    advance(prediction_id)
+
+
+def advance(prediction_id: int) -> None:
+    """Start queued slides up to the window; finish the prediction when every slide is final."""
+    prediction = Prediction.objects.filter(pk=prediction_id).first()
+    if prediction is None or prediction.is_final:
+        return
+    runs = prediction.runs.all()
+    in_flight = runs.filter(status=Status.RUNNING).count()
+    for run in runs.filter(status=Status.QUEUED).order_by("pk")[: max(0, SLIDE_WINDOW - in_flight)]:
+        # The conditional update is the claim: of two concurrent advance() calls only one wins.
+        if SlideRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(status=Status.RUNNING, started_at=timezone.now()):
+            with transaction.atomic():
+                _send_after_commit("predictions.cpu.prepare_slide", prediction, [run.pk],
+                                   task_id=prepare_task_id(run))
+    if not runs.exclude(status__in=FINAL_STATES).exists():
+        finish(prediction)
+
+
+def finish(prediction: Prediction) -> None:
+    statuses = list(prediction.runs.values_list("status", flat=True))
+    failed = [s for s in statuses if s == Status.FAILED]
+    if prediction.status == Status.CANCELLED:
+        return
+    if not failed:
+        status, error = Status.SUCCEEDED, ""
+    elif len(failed) == len(statuses):
+        status, error = Status.FAILED, "Every slide failed; see each slide's reason."
+    else:
+        names = ", ".join(prediction.runs.filter(status=Status.FAILED).values_list("slide__original_name", flat=True))
+        status, error = Status.PARTIAL, f"{len(failed)} of {len(statuses)} slides failed: {names}."
+    Prediction.objects.filter(pk=prediction.pk, status=Status.RUNNING).update(
+        status=status, error=error, finished_at=timezone.now())
+    refresh_progress(prediction.pk)
+
+
+def refresh_progress(prediction_id: int) -> None:
+    sums = SlideRun.objects.filter(prediction_id=prediction_id).aggregate(done=Sum("done_units"), total=Sum("total_units"))
+    Prediction.objects.filter(pk=prediction_id).update(done_units=sums["done"] or 0, total_units=sums["total"] or 0)
+
+
+# -- the three steps of a slide -----------------------------------------------------------------
+def _live_run(run_id: int) -> SlideRun | None:
+    """The run if there is still work to do for it (not cancelled, failed or gone)."""
+    run = SlideRun.objects.select_related("prediction__pipeline", "prediction__model", "slide").filter(pk=run_id).first()
+    if run is None or run.status != Status.RUNNING or run.prediction.status != Status.RUNNING:
+        return None
+    return run
+
+
+def _model_spec(prediction):
+    return prediction.model.spec() if prediction.model_id else None
+
+
+def prepare(run_id: int) -> None:
+    run = _live_run(run_id)
+    if run is None:
+        return
+    code = run.prediction.pipeline.code
+    with _failing_run(run, "prepare"):
+        started = time.monotonic()
+        if run.plan is None:  # not prepared yet (a redelivered prepare skips the work)
+            with SlideReader(run.slide.file.path) as reader:
+                prepared = code.prepare(reader, run.prediction.params, _model_spec(run.prediction))
+            run.tissue_mask.name = _store(run, "tissue_mask.png", _png(_mask_image(prepared.mask)))
+            run.plan = prepared.plan.to_json()
+            run.total_units = len(prepared.plan.tiles) + 2
+            run.done_units = 1
+            run.timings = {**run.timings, "prepare_s": round(time.monotonic() - started, 3)}
+            run.save(update_fields=["plan", "tissue_mask", "total_units", "done_units", "timings"])
+            refresh_progress(run.prediction_id)
+        plan = Plan.from_json(run.plan)
+        done = set(run.batches.values_list("index", flat=True))
+        todo = [i for i in range(len(plan.batches())) if i not in done]
+        if not todo and _claim_aggregate(run):
+            return
+        task = f"predictions.{code.batch_queue}.tile_batch"
+        with transaction.atomic():
+            for index in todo:
+                _send_after_commit(task, run.prediction, [run.pk, index], task_id=batch_task_id(run, index))
+
+
+def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
+    run = _live_run(run_id)
+    if run is None:
+        return
+    code = run.prediction.pipeline.code
+    plan = Plan.from_json(run.plan)
+    with _failing_run(run, f"tile batch {index + 1}"):
+        started_at, started = timezone.now(), time.monotonic()
+        with SlideReader(run.slide.file.path) as reader:
+            rows = code.process_tiles(reader, plan, plan.batches()[index], run.prediction.params,
+                                      _model_spec(run.prediction))
+        BatchResult.objects.update_or_create(run=run, index=index, defaults={
+            "rows": rows, "tiles": len(rows), "queue": queue, "worker": worker or socket.gethostname(),
+            "started_at": started_at, "finished_at": timezone.now(),
+            "seconds": round(time.monotonic() - started, 4),
+        })
+    # Counted after our row is committed, so the last batch to finish always sees all of them.
+    tiles_done = run.batches.aggregate(n=Sum("tiles"))["n"] or 0
+    SlideRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(done_units=1 + tiles_done)
+    refresh_progress(run.prediction_id)
+    if run.batches.count() == len(plan.batches()):
+        _claim_aggregate(run)
+
+
+def _claim_aggregate(run: SlideRun) -> bool:
+    if SlideRun.objects.filter(pk=run.pk, aggregate_dispatched=False).update(aggregate_dispatched=True):
+        with transaction.atomic():
+            _send_after_commit("predictions.cpu.aggregate_slide", run.prediction, [run.pk],
+                               task_id=aggregate_task_id(run))
+        return True
+    return False
+
+
+def aggregate(run_id: int) -> None:
+    run = _live_run(run_id)
+    if run is None:
+        return
+    code = run.prediction.pipeline.code
+    model = _model_spec(run.prediction)
+    with _failing_run(run, "aggregate"):
+        started = time.monotonic()
+        plan = Plan.from_json(run.plan)
+        rows = [row for batch in run.batches.order_by("index") for row in batch.rows]
+        if len(rows) != len(plan.tiles):
+            raise RuntimeError(f"expected {len(plan.tiles)} tile rows, found {len(rows)}")
+        with run.tissue_mask.open("rb") as fh:
+            mask = _mask_from_image(fh.read())
+        outcome = code.aggregate(Prepared(plan, mask), rows, run.prediction.params, model)
+        images = {}
+        for name, image in outcome.images.items():
+            if plan.grid_shape != (0, 0) and image.size == (plan.grid_shape[1], plan.grid_shape[0]):
+                image = code.fit_to_slide(image, plan, run.slide.width, run.slide.height)
+            # "overlay-": never the same file as the run's own tissue mask, which aggregate reads.
+            images[name] = {"path": _store(run, f"overlay-{name}.png", _png(image)),
+                            "legend": outcome.legends.get(name, {})}
+        table = _store(run, "tiles.csv", ContentFile(tile_table_csv(code, plan, rows).encode()))
+        with transaction.atomic():
+            SlideRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+                metrics=outcome.metrics, images=images, tile_table=table,
+                status=Status.SUCCEEDED, done_units=run.total_units, finished_at=timezone.now(),
+                timings={**run.timings, "aggregate_s": round(time.monotonic() - started, 3),
+                         "tiles_s": round(sum(run.batches.values_list("seconds", flat=True)), 3)},
+            )
+    refresh_progress(run.prediction_id)
+    advance(run.prediction_id)
+
+
+def _store(run: SlideRun, filename: str, content: ContentFile) -> str:
+    """Save a result file under a fixed name, replacing an earlier attempt's file."""
+    storage = run.tile_table.storage
+    path = result_path(run, filename)
+    if storage.exists(path):
+        storage.delete(path)
+    return storage.save(path, content)
+
+
+def tile_table_csv(code, plan: Plan, rows: list[dict]) -> str:
+    """One line per analysed tile: where it is (level-0 px), its tissue fraction and figures."""
+    out = io.StringIO()
+    size0 = plan.tile_size_level0
+    fields = ["tile", "row", "col", "x", "y", "size_px", "tissue_fraction"]
+    extra = list(rows[0].keys()) + list(code.tile_columns(rows[0]).keys()) if rows else []
+    writer = csv.DictWriter(out, fieldnames=fields + extra)
+    writer.writeheader()
+    for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
+        writer.writerow({"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
+                         "tissue_fraction": tissue, **row, **code.tile_columns(row)})
+    return out.getvalue()
+
+
+class _failing_run:
+    """Context manager: an error in a step fails this slide (with a reason), never the others."""
+
+    def __init__(self, run: SlideRun, step: str):
+        self.run, self.step = run, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        if isinstance(exc, DatabaseError) or not isinstance(exc, Exception):
+            return False  # the database is away: the task retries, the slide has not failed
+        if isinstance(exc, SlideFileError):
+            # The slide was readable when it was checked, so the stored copy changed since.
+            reason = f"The slide could not be read any more; the stored file may be damaged. {exc}"
+        else:
+            reason = f"The {self.step} step failed: {type(exc).__name__}: {exc}"
+        log.warning("slide run %s failed in %s: %s", self.run.pk, self.step, reason)
+        fail_run(self.run, reason)
+        return True
+
+
+def fail_run(run: SlideRun, reason: str) -> None:
+    updated = SlideRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+        status=Status.FAILED, error=reason[:2000], finished_at=timezone.now())
+    if updated:
+        advance(run.prediction_id)
+
+
+# -- cancel -------------------------------------------------------------------------------------
+class CancelError(ValueError):
+    pass
+
+
+def cancel(prediction: Prediction, user=None) -> None:
+    """Stop a prediction: queued messages are revoked, running batches stop at the next boundary."""
+    from django_celery_results.models import TaskResult
+
+    from histoia.celery import app
+
+    now = timezone.now()
+    updated = Prediction.objects.filter(pk=prediction.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+        status=Status.CANCELLED, cancelled_at=now, cancelled_by=user, finished_at=now)
+    if not updated:
+        prediction.refresh_from_db()
+        raise CancelError(f"This prediction has already ended ({prediction.get_status_display().lower()}).")
+    prediction.runs.filter(status__in=[Status.QUEUED, Status.RUNNING]).update(status=Status.CANCELLED, finished_at=now)
+    pending = list(TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-", status="PENDING")
+                   .values_list("task_id", flat=True))
+    if pending:
+        try:
+            app.control.revoke(pending)
+        except Exception:  # the flag alone already stops them; revoking only saves the loading
+            log.warning("could not broadcast revoke for prediction %s", prediction.pk, exc_info=True)
+    prediction.refresh_from_db()
+
+
+# -- images -------------------------------------------------------------------------------------
+def _png(image) -> ContentFile:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return ContentFile(buffer.getvalue())
+
+
+def _mask_image(mask):
+    from PIL import Image
+
+    return Image.fromarray(mask.astype("uint8") * 255, mode="L")
+
+
+def _mask_from_image(data: bytes):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127

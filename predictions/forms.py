@@ -1,0 +1,58 @@
+"""The run-a-pipeline form, built from the pipeline's declared parameters."""
+
+from django import forms
+
+from experiments.models import Slide
+
+from .models import Prediction
+from .pipelines import ParamError
+
+
+def _field_for(param):
+    common = {"label": param.label or param.name, "help_text": param.help, "required": False,
+              "initial": param.default}
+    if param.type == "bool":
+        return forms.BooleanField(**common)
+    if param.type == "choice":
+        return forms.ChoiceField(choices=[(c, c) for c in param.choices], **common)
+    # Typed as text and parsed by Param.parse, so the user sees the pipeline's own message.
+    attrs = {"inputmode": "decimal"}
+    if param.min is not None:
+        attrs["data-min"] = param.min
+    if param.max is not None:
+        attrs["data-max"] = param.max
+    return forms.CharField(widget=forms.TextInput(attrs=attrs), **common)
+
+
+class PredictionForm(forms.Form):
+    slides = forms.ModelMultipleChoiceField(queryset=Slide.objects.none(), widget=forms.CheckboxSelectMultiple,
+                                            help_text="Only slides that are ready can be analysed.")
+    priority = forms.ChoiceField(choices=Prediction.Priority.choices, initial=Prediction.Priority.NORMAL,
+                                 help_text="Urgent runs before normal work that is still waiting.")
+
+    def __init__(self, *args, experiment, pipeline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pipeline = pipeline
+        ready = experiment.slides.filter(status=Slide.Status.READY)
+        self.fields["slides"].queryset = ready
+        self.fields["slides"].initial = list(ready.values_list("pk", flat=True))
+        self.param_names = []
+        for param in pipeline.code.params:
+            self.fields[f"param_{param.name}"] = _field_for(param)
+            self.param_names.append(param.name)
+
+    def clean(self):
+        data = super().clean()
+        raw = {name: data.get(f"param_{name}") for name in self.param_names}
+        params = {}
+        for param in self.pipeline.code.params:
+            try:
+                params[param.name] = param.parse(raw[param.name])
+            except ParamError as exc:
+                self.add_error(f"param_{param.name}", str(exc))
+        if not self.errors:
+            try:
+                data["params"] = self.pipeline.code.parse_params(params)
+            except ParamError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return data

@@ -1,0 +1,403 @@
+"""A slide run's regions as GeoJSON that QuPath imports, and the per-tile data the viewer shows.
+
+Plain Python, no Django: everything comes in as a Plan, the tile rows (in tile order, as the
+aggregate step sees them) and the tissue mask.
+
+Coordinates are level-0 pixels of the slide, origin at the top-left corner, x to the right and y
+down: what QuPath expects (File > Import objects, or drag the .geojson onto the image). Each
+feature follows QuPath's GeoJSON conventions:
+
+    {"type": "Feature", "id": "<uuid>", "geometry": {...},
+     "properties": {"objectType": "annotation" | "detection", "name": "...",
+                    "classification": {"name": "Positive", "color": [r, g, b]},
+                    "measurements": {"name": number, ...}}}
+
+What each pipeline exports:
+
+- tissue-area: one "Tissue" annotation per connected piece of tissue (polygon with its holes),
+  traced on the tissue mask (skimage.measure.find_contours), scaled to level 0.
+- ihc-dab: one detection per analysed tile, classified "Positive" when its DAB-positive fraction
+  of tissue is at least `threshold` (else "Negative"), with the per-tile fractions as
+  measurements; plus one "Positive" annotation: the positive tiles merged into one region.
+- nuclei-density: one detection per analysed tile with its nuclei count (and density per mm² of
+  tissue when the slide has a pixel size). The pipeline keeps counts per tile, not the nuclei's
+  positions, so there are no nucleus points.
+- tissue-classifier: one annotation per class, the tiles of that class merged into one region,
+  and one detection per tile classified with its class and the class probabilities.
+
+Tile squares are clipped to the slide (the grid's last row and column run past its edge).
+Merged regions are exact unions of tile squares (rectilinear polygons with holes), not one
+square per tile, so QuPath sees valid geometries and the right areas.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any, Iterable
+
+import numpy as np
+
+from .pipelines import Plan
+
+# QuPath's own colours for its built-in Positive / Negative classes.
+POSITIVE = ("Positive", (200, 50, 50))
+NEGATIVE = ("Negative", (112, 112, 225))
+TISSUE = ("Tissue", (0, 160, 80))
+DEFAULT_POSITIVE_THRESHOLD = 0.10
+# Contours of the tissue mask are simplified to within this many mask pixels.
+CONTOUR_TOLERANCE = 0.5
+_NAMESPACE = uuid.UUID("5b0c3f4e-8a8f-4f0e-9d0e-6a1b7b2f2c11")
+
+Ring = list[tuple[float, float]]
+PolygonRings = list[Ring]   # exterior first, then holes
+
+
+# -- per-tile records -------------------------------------------------------------------------
+def tile_records(code, plan: Plan, rows: list[dict]) -> list[dict[str, Any]]:
+    """One dict per analysed tile, the columns of the tile table (CSV) plus derived values.
+
+    tile, row, col, x, y, size_px (level-0 px), tissue_fraction, the pipeline's own row, its
+    tile_columns(); nuclei-density also gets nuclei_per_mm2 (or nuclei_per_mpx without a pixel
+    size), the value its heatmap shows.
+    """
+    size0 = plan.tile_size_level0
+    records = []
+    for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
+        record = {"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
+                  "tissue_fraction": tissue, **row, **code.tile_columns(row)}
+        if code.name == "nuclei-density" and "nuclei" in row:
+            tissue_px0 = row.get("tissue_px", 0) * plan.analysis_downsample ** 2
+            if plan.mpp:
+                area = tissue_px0 * plan.mpp ** 2 / 1e6
+                record["nuclei_per_mm2"] = round(row["nuclei"] / area, 3) if area else None
+            else:
+                record["nuclei_per_mpx"] = round(row["nuclei"] / (tissue_px0 / 1e6), 3) if tissue_px0 else None
+        records.append(record)
+    return records
+
+
+# The value the viewer shows first for a tile, per pipeline: (column, label).
+PRIMARY_VALUE = {
+    "ihc-dab": ("dab_positive_fraction", "DAB-positive fraction of tissue"),
+    "nuclei-density": ("nuclei", "nuclei in the tile"),
+    "tissue-classifier": ("class", "predicted class"),
+}
+
+
+def overlay_data(code, plan: Plan, rows: list[dict], mask: np.ndarray | None, width: int, height: int) -> dict:
+    """What the viewer needs to show per-tile values and the tissue outline (compact JSON)."""
+    records = tile_records(code, plan, rows) if code.is_tiled else []
+    skip = {"tile", "row", "col", "x", "y", "size_px"}
+    columns = [k for k in (records[0] if records else {}) if k not in skip]
+    primary = PRIMARY_VALUE.get(code.name)
+    if primary and columns and primary[0] in columns:  # the primary value first
+        columns.remove(primary[0])
+        columns.insert(0, primary[0])
+    outline = []
+    if mask is not None and mask.any():
+        for polygon in mask_polygons(mask, width, height):
+            outline.extend([_round_ring(ring, 1) for ring in polygon])
+    return {
+        "pipeline": code.name,
+        "slide": {"width": width, "height": height},
+        "tile_size": plan.tile_size_level0 if code.is_tiled else None,
+        "grid": list(plan.grid_shape),
+        "primary": {"column": primary[0], "label": primary[1]} if primary else None,
+        "columns": columns,
+        "tiles": [[rec["row"], rec["col"], *[_json_value(rec.get(k)) for k in columns]] for rec in records],
+        "tissue_outline": outline,
+    }
+
+
+# -- geometry ---------------------------------------------------------------------------------
+def _signed_area(ring: Ring) -> float:
+    xs = np.asarray([p[0] for p in ring], float)
+    ys = np.asarray([p[1] for p in ring], float)
+    return 0.5 * float(np.sum(xs[:-1] * ys[1:] - xs[1:] * ys[:-1]))
+
+
+def _point_in_ring(x: float, y: float, ring: Ring) -> bool:
+    inside = False
+    n = len(ring) - 1
+    for i in range(n):
+        (x1, y1), (x2, y2) = ring[i], ring[i + 1]
+        if (y1 > y) != (y2 > y):
+            if x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+                inside = not inside
+    return inside
+
+
+def _bbox(ring: Ring) -> tuple[float, float, float, float]:
+    xs = [p[0] for p in ring]
+    ys = [p[1] for p in ring]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def assemble_polygons(rings: Iterable[Ring], outer_positive: bool) -> list[PolygonRings]:
+    """Closed rings (outers and holes, told apart by orientation) -> polygons with their holes.
+
+    Every exterior comes out with a positive signed area in (x, y) and every hole negative
+    (counter-clockwise / clockwise in a y-up frame, as RFC 7946 asks; QuPath accepts either).
+    """
+    outers, holes = [], []
+    for ring in rings:
+        if len(ring) < 4:
+            continue
+        area = _signed_area(ring)
+        if area == 0:
+            continue
+        is_outer = (area > 0) == outer_positive
+        oriented = ring if (area > 0) == is_outer else ring[::-1]
+        (outers if is_outer else holes).append((abs(area), oriented, _bbox(oriented)))
+    polygons = [[ring] for _, ring, _ in outers]
+    for _, hole, (hx0, hy0, hx1, hy1) in holes:
+        # The smallest exterior that holds the hole (a hole's own vertices lie on or inside it;
+        # test the middle of its first edge, which never sits on a vertex of the exterior).
+        (ax, ay), (bx, by) = hole[0], hole[1]
+        px, py = (ax + bx) / 2, (ay + by) / 2
+        best = None
+        for index, (area, outer, (x0, y0, x1, y1)) in enumerate(outers):
+            if x0 <= hx0 and y0 <= hy0 and x1 >= hx1 and y1 >= hy1 and _point_in_ring(px, py, outer):
+                if best is None or area < outers[best][0]:
+                    best = index
+        if best is not None:
+            polygons[best].append(hole)
+    return polygons
+
+
+def mask_polygons(mask: np.ndarray, width: int, height: int,
+                  tolerance: float = CONTOUR_TOLERANCE) -> list[PolygonRings]:
+    """The tissue mask's regions as polygons in level-0 px (x scaled by width / mask columns,
+    y by height / mask rows), traced along the pixel-centre iso-line and simplified."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return []
+    sy, sx = height / mask.shape[0], width / mask.shape[1]
+    padded = np.pad(mask, 1).astype(np.float32)
+    rings = []
+    for contour in find_contours(padded, 0.5, positive_orientation="high"):
+        contour = approximate_polygon(contour, tolerance) if tolerance else contour
+        if len(contour) < 4:
+            continue
+        # Pixel i (after removing the padding) covers [i, i + 1) mask px; its centre is i + 0.5.
+        ring = [(float(min(max((c - 1 + 0.5) * sx, 0.0), width)), float(min(max((r - 1 + 0.5) * sy, 0.0), height)))
+                for r, c in contour]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        rings.append(ring)
+    # find_contours with positive_orientation="high" winds around tissue with a negative
+    # signed area in (x, y); holes come out positive.
+    return assemble_polygons(rings, outer_positive=False)
+
+
+def grid_polygons(cells: np.ndarray, cell_size: float, width: int, height: int) -> list[PolygonRings]:
+    """The union of the True cells of a grid (cell (r, c) spans [c, c+1) x [r, r+1) * cell_size),
+    as rectilinear polygons with holes, clipped to the width x height slide.
+
+    Boundary edges are walked with the region on the right (y down); where two regions touch
+    at a corner only, the walk turns towards its own cell, so they stay separate polygons.
+    """
+    cells = np.asarray(cells, bool)
+    rows, cols = cells.shape
+    padded = np.pad(cells, 1)
+    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def add(a, b):
+        edges.setdefault(a, []).append(b)
+
+    for r, c in zip(*np.nonzero(cells)):
+        r, c = int(r), int(c)
+        pr, pc = r + 1, c + 1
+        if not padded[pr - 1, pc]:
+            add((c, r), (c + 1, r))            # top, going right
+        if not padded[pr, pc + 1]:
+            add((c + 1, r), (c + 1, r + 1))    # right, going down
+        if not padded[pr + 1, pc]:
+            add((c + 1, r + 1), (c, r + 1))    # bottom, going left
+        if not padded[pr, pc - 1]:
+            add((c, r + 1), (c, r))            # left, going up
+    rings = []
+    while edges:
+        # The top-most, then left-most vertex left: no region above it, so never a corner where
+        # two regions touch, and the ring started there closes on itself.
+        start = min(edges, key=lambda v: (v[1], v[0]))
+        ring, here, direction = [start], start, None
+        while True:
+            nxt = _pop_edge(edges, here, direction)
+            if nxt is None:
+                break
+            ring.append(nxt)
+            direction = (nxt[0] - here[0], nxt[1] - here[1])
+            here = nxt
+            if here == start:
+                break
+        ring = _drop_collinear(ring)
+        scaled = [(min(x * cell_size, width), min(y * cell_size, height)) for x, y in ring]
+        scaled = _drop_collinear(_dedupe(scaled))
+        if len(scaled) >= 4:
+            rings.append([(float(x), float(y)) for x, y in scaled])
+    return assemble_polygons(rings, outer_positive=True)
+
+
+def _pop_edge(edges, vertex, direction):
+    options = edges.get(vertex)
+    if not options:
+        return None
+    if direction is None or len(options) == 1:
+        choice = options[0]
+    else:
+        dx, dy = direction
+        # Right turn first (towards the region, y down), then straight on, then left.
+        preference = [(-dy, dx), (dx, dy), (dy, -dx)]
+        def rank(target):
+            step = (target[0] - vertex[0], target[1] - vertex[1])
+            return preference.index(step) if step in preference else 3
+        choice = min(options, key=rank)
+    options.remove(choice)
+    if not options:
+        del edges[vertex]
+    return choice
+
+
+def _dedupe(ring):
+    out = [ring[0]]
+    for p in ring[1:]:
+        if p != out[-1]:
+            out.append(p)
+    return out
+
+
+def _drop_collinear(ring):
+    """Closed ring (first == last) without vertices in the middle of a straight run."""
+    points = ring[:-1]
+    if len(points) < 3:
+        return ring
+    kept = []
+    n = len(points)
+    for i, p in enumerate(points):
+        a, b = points[i - 1], points[(i + 1) % n]
+        if (p[0] - a[0]) * (b[1] - p[1]) - (p[1] - a[1]) * (b[0] - p[0]) != 0:
+            kept.append(p)
+    if len(kept) < 3:
+        return ring
+    return kept + [kept[0]]
+
+
+def _tile_ring(x: float, y: float, size: float, width: int, height: int) -> Ring:
+    x1, y1 = min(x + size, width), min(y + size, height)
+    return [(x, y), (x1, y), (x1, y1), (x, y1), (x, y)]
+
+
+def _round_ring(ring: Ring, digits: int = 2) -> list[list[float]]:
+    out = []
+    for x, y in ring:
+        rx, ry = round(x, digits), round(y, digits)
+        out.append([int(rx) if float(rx).is_integer() else rx, int(ry) if float(ry).is_integer() else ry])
+    return out
+
+
+def _geometry(polygons: list[PolygonRings]) -> dict:
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": [_round_ring(r) for r in polygons[0]]}
+    return {"type": "MultiPolygon", "coordinates": [[_round_ring(r) for r in p] for p in polygons]}
+
+
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# -- features ---------------------------------------------------------------------------------
+def _feature(key: str, geometry: dict, object_type: str, name: str | None = None,
+             classification: tuple[str, tuple[int, int, int]] | None = None,
+             measurements: dict | None = None) -> dict:
+    properties: dict[str, Any] = {"objectType": object_type}
+    if name:
+        properties["name"] = name
+    if classification:
+        properties["classification"] = {"name": classification[0], "color": list(classification[1])}
+    numbers = {k: float(v) for k, v in (measurements or {}).items()
+               if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    if numbers:
+        properties["measurements"] = numbers
+    return {"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, key)), "geometry": geometry,
+            "properties": properties}
+
+
+def _area_measurements(polygons: list[PolygonRings], mpp: float | None) -> dict:
+    area_px = sum(abs(_signed_area(ring)) * (1 if i == 0 else -1)
+                  for polygon in polygons for i, ring in enumerate(polygon))
+    out = {"Area px^2": round(area_px, 1)}
+    if mpp:
+        out["Area µm^2"] = round(area_px * mpp ** 2, 1)
+    return out
+
+
+def feature_collection(code, plan: Plan, rows: list[dict], mask: np.ndarray | None, width: int,
+                       height: int, *, key: str, class_names: Iterable[str] = (),
+                       positive_threshold: float = DEFAULT_POSITIVE_THRESHOLD,
+                       detections: bool = True, provenance: dict | None = None) -> dict:
+    """The run's regions as a GeoJSON FeatureCollection (see the module docstring)."""
+    features: list[dict] = []
+    mpp = plan.mpp
+    if code.name == "tissue-area":
+        if mask is not None:
+            for i, polygon in enumerate(mask_polygons(mask, width, height)):
+                features.append(_feature(f"{key}/tissue/{i}", _geometry([polygon]), "annotation",
+                                         name=f"Tissue region {i + 1}", classification=TISSUE,
+                                         measurements=_area_measurements([polygon], mpp)))
+    elif code.is_tiled:
+        records = tile_records(code, plan, rows)
+        size0 = plan.tile_size_level0
+        classes: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        tile_class: list[tuple[str, tuple[int, int, int]] | None] = []
+        if code.name == "ihc-dab":
+            for rec in records:
+                value = rec.get("dab_positive_fraction")
+                positive = value is not None and value >= positive_threshold
+                tile_class.append(POSITIVE if positive else NEGATIVE)
+            regions = {POSITIVE: [c is POSITIVE for c in tile_class]}
+            region_name = f"DAB-positive tiles (≥ {positive_threshold:g} of tissue)"
+        elif code.name == "tissue-classifier":
+            from .pipelines.tissue_classifier import PALETTE
+
+            names = list(class_names) or sorted({rec["class"] for rec in records})
+            for i, name in enumerate(names):
+                classes[name] = (name, PALETTE[i % len(PALETTE)])
+            tile_class = [classes.get(rec.get("class")) or (str(rec.get("class")), (128, 128, 128)) for rec in records]
+            regions = {cls: [c == cls for c in tile_class] for cls in classes.values()}
+            region_name = None
+        else:
+            tile_class = [None] * len(records)
+            regions = {}
+            region_name = None
+        for cls, selected in regions.items():
+            grid = np.zeros(plan.grid_shape, bool)
+            for rec, chosen in zip(records, selected):
+                if chosen:
+                    grid[rec["row"], rec["col"]] = True
+            if not grid.any():
+                continue
+            polygons = grid_polygons(grid, size0, width, height)
+            features.append(_feature(f"{key}/region/{cls[0]}", _geometry(polygons), "annotation",
+                                     name=region_name or f"{cls[0]} tiles", classification=cls,
+                                     measurements={"Tiles": int(sum(selected)), **_area_measurements(polygons, mpp)}))
+        if detections:
+            skip = {"tile", "row", "col", "x", "y", "size_px", "class"}
+            for rec, cls in zip(records, tile_class):
+                ring = _tile_ring(rec["x"], rec["y"], size0, width, height)
+                features.append(_feature(f"{key}/tile/{rec['tile']}", _geometry([[ring]]), "detection",
+                                         name=f"Tile {rec['tile']} (row {rec['row']}, col {rec['col']})",
+                                         classification=cls,
+                                         measurements={k: v for k, v in rec.items() if k not in skip}))
+    collection = {"type": "FeatureCollection", "features": features}
+    if provenance:
+        # A foreign member (RFC 7946 §6.1): readers that do not know it ignore it.
+        collection["histoia"] = provenance
+    return collection

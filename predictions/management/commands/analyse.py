@@ -1,0 +1,162 @@
+"""Analyse slide files from a shell, through the same queues and workers as the web app.
+
+    python manage.py analyse --pipeline tissue-area --wait slide1.svs slide2.svs
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from django.core.files import File
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from experiments.models import Experiment, Lab, Slide
+from experiments.slide_files import sha256_of
+from experiments.uploads import clean_file_name, display_name
+from predictions import engine
+from predictions.models import Pipeline, Prediction, Status
+
+
+class Command(BaseCommand):
+    help = "Import slide files into an experiment and run a pipeline on them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("files", nargs="+", metavar="FILE")
+        parser.add_argument("--pipeline", required=True, help="Pipeline name, e.g. tissue-area.")
+        parser.add_argument("--lab", default="Command line", help="Lab name (created if needed).")
+        parser.add_argument("--experiment", default="Command line", help="Experiment name (created if needed).")
+        parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                            help="A pipeline parameter; repeat for several.")
+        parser.add_argument("--urgent", action="store_true", help="Run before normal work still waiting.")
+        parser.add_argument("--wait", action="store_true", help="Wait for the end, then print the figures.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
+        parser.add_argument("--timeout", type=float, default=24 * 3600, help="Seconds to wait at most.")
+
+    def handle(self, *args, **opts):
+        pipeline = Pipeline.objects.enabled().filter(name=opts["pipeline"]).order_by("-version").first()
+        if pipeline is None:
+            names = ", ".join(sorted(set(Pipeline.objects.enabled().values_list("name", flat=True))))
+            raise CommandError(f"No enabled pipeline called {opts['pipeline']!r}. Available: {names}.")
+        params = {}
+        for item in opts["param"]:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CommandError(f"--param takes KEY=VALUE, got {item!r}.")
+            params[key.strip()] = value.strip()
+        paths = [Path(f) for f in opts["files"]]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise CommandError(f"No such file: {', '.join(missing)}")
+
+        lab, _ = Lab.objects.get_or_create(name=opts["lab"])
+        experiment, _ = Experiment.objects.get_or_create(lab=lab, name=opts["experiment"])
+        slides = [self._slide(experiment, path) for path in paths]
+        self._wait_for_validation(slides, opts["timeout"])
+        ready = [s for s in slides if s.status == Slide.Status.READY]
+        if not ready:
+            self._report(None, slides, opts)
+            sys.exit(1)
+        try:
+            prediction = engine.submit(
+                experiment, pipeline, ready, params, trigger=Prediction.Trigger.COMMAND,
+                priority=Prediction.Priority.URGENT if opts["urgent"] else Prediction.Priority.NORMAL)
+        except engine.SubmitError as exc:
+            raise CommandError(str(exc)) from exc
+        if not opts["wait"]:
+            self._report(prediction, slides, opts)
+            return
+        self._follow(prediction, opts["timeout"])
+        self._report(prediction, slides, opts)
+        if prediction.status != Status.SUCCEEDED or len(ready) < len(slides):
+            sys.exit(1)
+
+    def _slide(self, experiment, path: Path) -> Slide:
+        """The experiment's slide with this content, or a new one (same file twice = one slide)."""
+        digest = sha256_of(path)
+        existing = experiment.slides.filter(sha256=digest).exclude(status=Slide.Status.INVALID).first()
+        if existing:
+            return existing
+        from experiments.tasks import validate_slide
+
+        with open(path, "rb") as fh, transaction.atomic():
+            slide = Slide(experiment=experiment, original_name=display_name(path.name), sha256=digest)
+            slide.file.save(clean_file_name(path.name), File(fh), save=False)
+            slide.save()
+            transaction.on_commit(lambda: validate_slide.delay(slide.pk))
+        return slide
+
+    def _wait_for_validation(self, slides, timeout):
+        deadline = time.monotonic() + timeout
+        for slide in slides:
+            while slide.status == Slide.Status.PENDING:
+                if time.monotonic() > deadline:
+                    raise CommandError("Timed out waiting for the slides to be checked; is a cpu worker running?")
+                time.sleep(0.3)
+                slide.refresh_from_db()
+
+    def _follow(self, prediction, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            prediction.refresh_from_db()
+            done, total = prediction.done_units, max(prediction.total_units, 1)
+            width = 30
+            filled = int(width * done / total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done / total:5.1f}% "
+                             f"{done}/{total} {prediction.status:<10}")
+            sys.stderr.flush()
+            if prediction.is_final:
+                sys.stderr.write("\n")
+                return
+            if time.monotonic() > deadline:
+                sys.stderr.write("\n")
+                raise CommandError(f"Timed out; prediction #{prediction.pk} is still {prediction.status}.")
+            time.sleep(0.5)
+
+    def _report(self, prediction, slides, opts):
+        runs = {r.slide_id: r for r in prediction.runs.all()} if prediction else {}
+        rows = []
+        for slide in slides:
+            run = runs.get(slide.pk)
+            rows.append({
+                "file": slide.original_name,
+                "slide_id": slide.pk,
+                "status": run.status if run else slide.status,
+                "error": (run.error if run else slide.error) or None,
+                "metrics": (run.metrics or {}) if run else {},
+            })
+        document = {
+            "prediction": prediction.pk if prediction else None,
+            "status": prediction.status if prediction else Status.FAILED,
+            "pipeline": f"{prediction.pipeline.name} {prediction.pipeline.version}" if prediction else opts["pipeline"],
+            "error": prediction.error or None if prediction else "No slide could be read.",
+            "slides": rows,
+        }
+        if opts["json"]:
+            self.stdout.write(json.dumps(document, indent=2))
+            return
+        if prediction:
+            self.stdout.write(f"Prediction #{prediction.pk} ({document['pipeline']}): {prediction.status}")
+        if prediction and not opts["wait"]:
+            self.stdout.write(f"Follow it at /predictions/{prediction.pk}/ or rerun with --wait.")
+            return
+        names = []
+        for row in rows:
+            names += [k for k in row["metrics"] if k not in names]
+        header = ["file", "status", *names]
+        table = [[row["file"], row["status"], *[_fmt(row["metrics"].get(n)) for n in names]] for row in rows]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+        for line in [header, *table]:
+            self.stdout.write("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+        for row in rows:
+            if row["error"]:
+                self.stdout.write(f"{row['file']}: {row['error']}")
+
+
+def _fmt(value):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

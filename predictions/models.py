@@ -1,0 +1,266 @@
+"""Pipelines, registered models, predictions, and their per-slide and per-batch results."""
+
+import hashlib
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from experiments.models import Experiment, Slide
+
+
+class PipelineQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True, installed=True)
+
+
+class Pipeline(models.Model):
+    """One version of a pipeline from the code registry; admins enable, disable and describe it."""
+
+    name = models.CharField(max_length=100)
+    version = models.CharField(max_length=20)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    # False when the code for this version is no longer on the server (kept for history).
+    installed = models.BooleanField(default=True, editable=False)
+    batch_queue = models.CharField(max_length=10, editable=False)
+    param_schema = models.JSONField(default=list, editable=False)
+    steps = models.JSONField(default=list, editable=False)
+    model_name = models.CharField(max_length=100, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PipelineQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="unique_pipeline_version")]
+
+    def __str__(self):
+        return f"{self.name} {self.version}"
+
+    @property
+    def code(self):
+        from .pipelines import get_pipeline
+
+        return get_pipeline(self.name, self.version)
+
+
+def model_upload_path(instance, filename):
+    return f"models/{instance.name}/{instance.version}/{filename}"
+
+
+class RegisteredModel(models.Model):
+    """A TorchScript tile classifier registered by an admin."""
+
+    name = models.CharField(max_length=100, help_text="Model family, e.g. tissue-classifier-demo. "
+                            "A model pipeline uses the newest enabled version of its family.")
+    version = models.CharField(max_length=40)
+    file = models.FileField(upload_to=model_upload_path, max_length=300,
+                            help_text="A TorchScript file (torch.jit.save).")
+    sha256 = models.CharField(max_length=64, editable=False)
+    tile_size = models.PositiveIntegerField(help_text="Tile side in pixels the model takes.")
+    mpp = models.FloatField("µm per pixel", help_text="Resolution the model expects.")
+    mean = models.JSONField(default=list, help_text="Per-channel RGB mean in [0, 1], e.g. [0.5, 0.5, 0.5].")
+    std = models.JSONField(default=list, help_text="Per-channel RGB standard deviation in [0, 1].")
+    class_names = models.JSONField(default=list, help_text='Output classes in order, e.g. ["background", "tumour"].')
+    description = models.TextField(blank=True, help_text="What it was trained on and what it is for.")
+    enabled = models.BooleanField(default=True)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                      blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+        verbose_name = "registered model"
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="unique_model_version")]
+
+    def __str__(self):
+        return f"{self.name} {self.version}"
+
+    def save(self, *args, **kwargs):
+        if self.file and not self.sha256:
+            digest = hashlib.sha256()
+            self.file.open("rb")
+            for chunk in self.file.chunks():
+                digest.update(chunk)
+            self.file.seek(0)
+            self.sha256 = digest.hexdigest()
+        super().save(*args, **kwargs)
+
+    def spec(self):
+        from .pipelines import ModelSpec
+
+        return ModelSpec(self.file.path, self.sha256, self.tile_size, self.mpp, tuple(self.mean),
+                         tuple(self.std), tuple(self.class_names))
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    PARTIAL = "partial", "Partly failed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINAL_STATES = {Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED}
+
+
+class PredictionQuerySet(models.QuerySet):
+    def for_user(self, user):
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(experiment__lab__members=user)
+
+
+class Prediction(models.Model):
+    class Priority(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        URGENT = "urgent", "Urgent"
+
+    class Trigger(models.TextChoices):
+        USER = "user", "User"
+        API = "api", "API"
+        SCHEDULE = "schedule", "Schedule"
+        RERUN = "rerun", "Re-run"
+        COMMAND = "command", "Command line"
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="predictions")
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.PROTECT, related_name="predictions")
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, null=True, blank=True,
+                              related_name="predictions")
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    error = models.TextField(blank=True)
+
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.USER)
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="predictions")
+    schedule_name = models.CharField(max_length=200, blank=True)
+    rerun_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns")
+
+    # Provenance kept on the row itself, so history survives model or pipeline rows changing.
+    model_sha256 = models.CharField(max_length=64, blank=True)
+    software_version = models.CharField(max_length=40, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
+
+    # Progress in tiles (plus one unit per slide for its prepare and aggregate steps), written
+    # once per batch; pages and the API read it from here, never from Celery.
+    done_units = models.PositiveIntegerField(default=0)
+    total_units = models.PositiveIntegerField(default=0)
+    # Times the stuck-prediction sweep sent missing work again without progress since
+    # (predictions/maintenance.py); reset when the prediction moves again.
+    stall_requeues = models.PositiveSmallIntegerField(default=0, editable=False)
+
+    objects = PredictionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "priority", "created_at"], name="prediction_queue_idx"),
+            models.Index(fields=["experiment", "-created_at"], name="prediction_experiment_idx"),
+            models.Index(fields=["pipeline", "-created_at"], name="prediction_pipeline_idx"),
+            models.Index(fields=["triggered_by", "-created_at"], name="prediction_user_idx"),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.pipeline} on {self.experiment}"
+
+    def get_absolute_url(self):
+        return reverse("predictions:detail", args=[self.pk])
+
+    @property
+    def is_final(self):
+        return self.status in FINAL_STATES
+
+    @property
+    def progress(self) -> float:
+        if self.is_final and self.status == Status.SUCCEEDED:
+            return 1.0
+        return self.done_units / self.total_units if self.total_units else 0.0
+
+    @property
+    def celery_priority(self) -> int:
+        from histoia.celery import PRIORITY_NORMAL, PRIORITY_URGENT
+
+        return PRIORITY_URGENT if self.priority == self.Priority.URGENT else PRIORITY_NORMAL
+
+    def provenance(self) -> dict:
+        return {
+            "pipeline": self.pipeline.name,
+            "pipeline_version": self.pipeline.version,
+            "model": str(self.model) if self.model else None,
+            "model_sha256": self.model_sha256 or None,
+            "params": self.params,
+            "software_version": self.software_version,
+            "trigger": self.trigger,
+            "triggered_by": self.triggered_by.get_username() if self.triggered_by else None,
+            "schedule": self.schedule_name or None,
+            "queued_at": self.created_at.isoformat() if self.created_at else None,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+
+def result_path(run, filename):
+    return f"results/lab-{run.prediction.experiment.lab_id}/prediction-{run.prediction_id}/slide-{run.slide_id}/{filename}"
+
+
+class SlideRun(models.Model):
+    """One slide of a prediction: its plan, progress, figures and result files."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="runs")
+    slide = models.ForeignKey(Slide, on_delete=models.PROTECT, related_name="runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    slide_sha256 = models.CharField(max_length=64, blank=True)
+
+    plan = models.JSONField(null=True, blank=True)
+    tissue_mask = models.FileField(upload_to=result_path, max_length=300, blank=True)
+    metrics = models.JSONField(null=True, blank=True)
+    images = models.JSONField(default=dict, blank=True)   # name -> {"path": ..., "legend": ...}
+    tile_table = models.FileField(upload_to=result_path, max_length=300, blank=True)
+
+    done_units = models.PositiveIntegerField(default=0)
+    total_units = models.PositiveIntegerField(default=0)
+    aggregate_dispatched = models.BooleanField(default=False)
+    timings = models.JSONField(default=dict, blank=True)  # step -> seconds
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["prediction", "slide__original_name", "pk"]
+        constraints = [models.UniqueConstraint(fields=["prediction", "slide"], name="unique_slide_per_prediction")]
+
+    def __str__(self):
+        return f"{self.slide} in prediction #{self.prediction_id}"
+
+    @property
+    def progress(self) -> float:
+        return self.done_units / self.total_units if self.total_units else (1.0 if self.status == Status.SUCCEEDED else 0.0)
+
+
+class BatchResult(models.Model):
+    """The rows of one tile batch. Unique per (run, index): a redelivered batch replaces its own."""
+
+    run = models.ForeignKey(SlideRun, on_delete=models.CASCADE, related_name="batches")
+    index = models.PositiveIntegerField()
+    rows = models.JSONField()
+    tiles = models.PositiveIntegerField()
+    queue = models.CharField(max_length=10)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_batch_per_run")]

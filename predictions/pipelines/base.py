@@ -1,0 +1,295 @@
+"""The pipeline contract: what a pipeline declares and the three steps every one of them runs.
+
+A pipeline is plain Python: no Django, no Celery. The engine (predictions/engine.py and the
+tasks) runs its steps on the queues they declare:
+
+1. prepare (cpu): open the slide, detect tissue on a low-resolution image, lay out the grid of
+   tissue tiles to analyse. Returns a Plan (JSON-serialisable) and the tissue mask.
+2. process_tiles (the pipeline's `batch_queue`): one batch of tiles at a time, a few seconds to a
+   few minutes of work, returning one row of numbers per tile. Must be deterministic: a batch
+   delivered twice must give the same rows.
+3. aggregate (cpu): turns every tile row into the slide's metrics and result images.
+
+Metric names are stable snake_case with the unit in the name (see README, "Figures").
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+
+from experiments.slide_files import SlideReader
+from predictions.imaging.tissue import tissue_mask
+
+Queue = Literal["cpu", "gpu"]
+
+
+class ParamError(ValueError):
+    """A parameter value the user must correct; str() names the parameter and the bounds."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: Literal["int", "float", "bool", "choice"]
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    label: str = ""
+
+    def parse(self, raw: Any) -> Any:
+        """The typed value, or ParamError with a sentence for the user."""
+        label = self.label or self.name
+        if raw is None or raw == "":
+            return self.default
+        try:
+            if self.type == "bool":
+                if isinstance(raw, bool):
+                    value = raw
+                elif str(raw).lower() in ("1", "true", "yes", "on"):
+                    value = True
+                elif str(raw).lower() in ("0", "false", "no", "off"):
+                    value = False
+                else:
+                    raise ValueError
+            elif self.type == "int":
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError
+                value = int(str(raw).strip()) if not isinstance(raw, (int, float)) else int(raw)
+            elif self.type == "float":
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                value = str(raw)
+        except (TypeError, ValueError):
+            kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(self.type, "text")
+            raise ParamError(f"{label} must be {kind}; got {raw!r}.") from None
+        if self.type == "choice" and value not in self.choices:
+            raise ParamError(f"{label} must be one of {', '.join(self.choices)}; got {value!r}.")
+        if self.min is not None and value < self.min:
+            raise ParamError(f"{label} must be at least {self.min:g}; got {value:g}.")
+        if self.max is not None and value > self.max:
+            raise ParamError(f"{label} must be at most {self.max:g}; got {value:g}.")
+        return value
+
+    def schema(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, (), "")} | {"default": self.default}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    queue: Queue
+    produces: str
+
+
+@dataclass
+class Plan:
+    """Where the tiles are. Level-0 coordinates; JSON-serialisable (stored with the slide run)."""
+
+    mpp: float | None                 # µm per level-0 pixel, None when the slide has none
+    analysis_downsample: float        # level-0 pixels per analysed pixel
+    tile_size: int                    # tile side in analysed pixels
+    mask_downsample: float            # level-0 pixels per tissue-mask pixel
+    mask_shape: tuple[int, int]
+    grid_shape: tuple[int, int]       # rows, cols of the whole tile grid over the slide
+    tiles: list[tuple[int, int]] = field(default_factory=list)   # (row, col) of tissue tiles
+    tile_tissue: list[float] = field(default_factory=list)       # tissue fraction of each tile
+    batch_size: int = 16
+
+    @property
+    def tile_size_level0(self) -> int:
+        return round(self.tile_size * self.analysis_downsample)
+
+    def batches(self) -> list[range]:
+        return [range(i, min(i + self.batch_size, len(self.tiles))) for i in range(0, len(self.tiles), self.batch_size)]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        data = dict(data)
+        data["tiles"] = [tuple(t) for t in data["tiles"]]
+        data["mask_shape"], data["grid_shape"] = tuple(data["mask_shape"]), tuple(data["grid_shape"])
+        return cls(**data)
+
+
+@dataclass
+class Prepared:
+    plan: Plan
+    mask: np.ndarray   # bool, the tissue mask at mask_downsample
+
+
+@dataclass
+class Outcome:
+    """What a slide's aggregate step returns: its figures and images to keep."""
+
+    metrics: dict[str, float | int | bool | None]
+    images: dict[str, Image.Image] = field(default_factory=dict)
+    legends: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered TorchScript model, as the gpu step needs it (no database row)."""
+
+    path: str
+    sha256: str
+    tile_size: int
+    mpp: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...]
+
+
+class Pipeline(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    batch_queue: ClassVar[Queue] = "cpu"
+    batch_produces: ClassVar[str] = "per-tile figures"
+    aggregate_produces: ClassVar[str] = "slide figures"
+    params: ClassVar[tuple[Param, ...]] = ()
+    # The registered model family this pipeline runs (model pipelines only).
+    model_name: ClassVar[str | None] = None
+
+    # Shared parameters of tiled pipelines.
+    MIN_TISSUE = Param("min_tissue", "float", 0.25, "Tiles with less tissue than this fraction are skipped.",
+                       min=0.0, max=1.0, label="Minimum tissue per tile")
+    TILE_SIZE = Param("tile_size", "int", 512, "Tile side in pixels at the analysis resolution.",
+                      min=64, max=2048, label="Tile size (px)")
+    MPP = Param("analysis_mpp", "float", 0.5, "Resolution the tiles are analysed at (µm per pixel). "
+                "Ignored for slides without a pixel size: they are analysed at full resolution.",
+                min=0.1, max=16.0, label="Analysis resolution (µm/px)")
+
+    # Tissue detection runs on an image of about this many µm per pixel (or this downsample).
+    MASK_MPP = 8.0
+    MASK_DOWNSAMPLE_NO_MPP = 16.0
+    BATCH_SIZE = 16
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        steps = [Step("prepare", "cpu", "tissue mask and tile grid")]
+        if self.is_tiled:
+            steps.append(Step("tiles", self.batch_queue, self.batch_produces))
+        steps.append(Step("aggregate", "cpu", self.aggregate_produces))
+        return tuple(steps)
+
+    @property
+    def is_tiled(self) -> bool:
+        return True
+
+    def parse_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        """Typed, bounded parameters with defaults filled in; ParamError lists what is wrong."""
+        raw = dict(raw or {})
+        known = {p.name for p in self.params}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ParamError(f"Unknown parameter(s) for {self.name}: {', '.join(unknown)}.")
+        return {p.name: p.parse(raw.get(p.name)) for p in self.params}
+
+    # -- step 1 -------------------------------------------------------------------------------
+    def prepare(self, reader: SlideReader, params: dict, model: ModelSpec | None = None) -> Prepared:
+        mpp = reader.info.mpp
+        mask_ds = max(1.0, self.MASK_MPP / mpp) if mpp else self.MASK_DOWNSAMPLE_NO_MPP
+        low, mask_ds = reader.read_downsampled(mask_ds)
+        mask = tissue_mask(low)
+        if not self.is_tiled:
+            plan = Plan(mpp, 1.0, 0, mask_ds, mask.shape, (0, 0), batch_size=self.BATCH_SIZE)
+            return Prepared(plan, mask)
+        analysis_mpp, tile_size = self.analysis_resolution(params, model)
+        analysis_ds = max(analysis_mpp / mpp, 1.0) if mpp else 1.0
+        tile0 = tile_size * analysis_ds
+        rows = math.ceil(reader.info.height / tile0)
+        cols = math.ceil(reader.info.width / tile0)
+        # Tissue fraction of each tile, read off the low-resolution mask.
+        scale = tile0 / mask_ds
+        tiles, fractions = [], []
+        min_tissue = params.get("min_tissue", self.MIN_TISSUE.default)
+        for r in range(rows):
+            for c in range(cols):
+                window = mask[int(r * scale): max(int((r + 1) * scale), int(r * scale) + 1),
+                              int(c * scale): max(int((c + 1) * scale), int(c * scale) + 1)]
+                fraction = float(window.mean()) if window.size else 0.0
+                if fraction >= min_tissue and fraction > 0:
+                    tiles.append((r, c))
+                    fractions.append(round(fraction, 4))
+        plan = Plan(mpp, analysis_ds, tile_size, mask_ds, mask.shape, (rows, cols), tiles, fractions,
+                    batch_size=self.BATCH_SIZE)
+        return Prepared(plan, mask)
+
+    def analysis_resolution(self, params: dict, model: ModelSpec | None) -> tuple[float, int]:
+        return params.get("analysis_mpp", self.MPP.default), params.get("tile_size", self.TILE_SIZE.default)
+
+    # -- step 2 -------------------------------------------------------------------------------
+    def read_tile(self, reader: SlideReader, plan: Plan, index: int) -> np.ndarray:
+        """One tile at the analysis resolution (tile_size x tile_size RGB; white past the edge)."""
+        row, col = plan.tiles[index]
+        size0 = plan.tile_size_level0
+        level = reader.best_level_for_downsample(plan.analysis_downsample)
+        level_ds = reader.level_downsamples[level]
+        size_level = max(1, round(size0 / level_ds))
+        region = reader.read_region((col * size0, row * size0), level, (size_level, size_level))
+        if size_level != plan.tile_size:
+            region = np.asarray(Image.fromarray(region).resize((plan.tile_size, plan.tile_size), Image.Resampling.BOX))
+        return region
+
+    def process_tiles(self, reader: SlideReader, plan: Plan, indices: range, params: dict,
+                      model: ModelSpec | None = None) -> list[dict]:
+        raise NotImplementedError(f"{self.name} has no tile step")
+
+    @staticmethod
+    def tile_columns(row: dict) -> dict:
+        """Derived per-tile columns for the tile table (CSV), beyond the raw row."""
+        return {}
+
+    # -- step 3 -------------------------------------------------------------------------------
+    @abstractmethod
+    def aggregate(self, prepared: Prepared, rows: list[dict], params: dict,
+                  model: ModelSpec | None = None) -> Outcome:
+        """Slide figures from every tile row (in tile order) and the tissue mask."""
+
+    # -- helpers for aggregate ----------------------------------------------------------------
+    @staticmethod
+    def tile_grid(plan: Plan, values: list[float]) -> np.ndarray:
+        """Per-tile values laid out on the slide's tile grid; NaN where no tile was analysed."""
+        grid = np.full(plan.grid_shape, np.nan, dtype=np.float32)
+        for (r, c), v in zip(plan.tiles, values):
+            grid[r, c] = v
+        return grid
+
+    @staticmethod
+    def fit_to_slide(image: Image.Image, plan: Plan, width: int, height: int, max_side: int = 1024) -> Image.Image:
+        """A one-pixel-per-tile image scaled onto the slide's own extent, for overlays.
+
+        The tile grid runs past the right and bottom edges of the slide (partial tiles); scaling
+        it whole would stretch it over the thumbnail. Each cell becomes a square block, then the
+        part beyond the slide is cropped, so overlay and thumbnail line up.
+        """
+        scale = max_side / max(width, height)
+        block = max(1, round(plan.tile_size_level0 * scale))
+        rows, cols = plan.grid_shape
+        big = image.resize((cols * block, rows * block), Image.Resampling.NEAREST)
+        target = (max(1, round(width * block / plan.tile_size_level0)), max(1, round(height * block / plan.tile_size_level0)))
+        return big.crop((0, 0, *target))
+
+    @staticmethod
+    def area_metrics(plan: Plan, tissue_px_level0: float) -> dict:
+        """Tissue area of what was analysed, in mm² when the slide has a pixel size."""
+        metrics: dict = {"mpp_missing": plan.mpp is None, "tissue_area_px": int(round(tissue_px_level0))}
+        metrics["tissue_area_mm2"] = (
+            round(tissue_px_level0 * plan.mpp ** 2 / 1e6, 6) if plan.mpp is not None else None
+        )
+        return metrics

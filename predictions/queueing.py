@@ -1,0 +1,182 @@
+"""The queue as users see it: the order predictions will run in, positions and estimated times.
+
+Plain functions over the ORM, shared by the API (/api/v1/queue/) and the pages:
+
+- waiting(user): queued and running predictions the user may see, in the order they run, each
+  with its position and an ETA;
+- throughput(pipeline): how fast that pipeline's tiles go, measured from earlier batches;
+- eta_seconds(prediction): estimated seconds until a queued or running prediction ends.
+
+Order: running predictions first (their batches are already in the queues), then queued ones,
+urgent before normal, oldest first. Positions and ETAs count every lab's work (another lab's
+prediction ahead of yours delays yours too) but only the user's own predictions are listed.
+Estimates are work ahead on the same queue divided by throughput; they are estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.cache import cache
+from django.db.models import Prefetch, Case, IntegerField, Value, When
+
+from .models import BatchResult, Pipeline, Prediction, SlideRun, Status
+
+# Used until a pipeline has history, deliberately on the slow side (per worker process).
+DEFAULT_TILES_PER_SECOND = {"cpu": 1.0, "gpu": 2.0}
+DEFAULT_SLIDE_OVERHEAD_SECONDS = 15.0    # prepare + aggregate of one slide
+DEFAULT_TILES_PER_SLIDE = 200
+HISTORY = 200                           # most recent batches / slide runs measured
+CACHE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Throughput:
+    pipeline: str
+    queue: str
+    tiles_per_second: float            # one worker process
+    slide_overhead_seconds: float      # prepare + aggregate of one slide
+    tiles_per_slide: float             # until a slide's plan says how many it has
+    batches_measured: int
+
+    @property
+    def no_history(self) -> bool:
+        return self.batches_measured == 0
+
+    @property
+    def note(self) -> str:
+        if self.no_history:
+            return (f"Estimate with no history: {self.pipeline} has not run here yet, so a conservative "
+                    f"{self.tiles_per_second:g} tiles/s per worker process is assumed.")
+        return f"Measured over the last {self.batches_measured} batches of {self.pipeline}."
+
+    def as_dict(self) -> dict:
+        return {"pipeline": self.pipeline, "queue": self.queue, "tiles_per_second": round(self.tiles_per_second, 3),
+                "slide_overhead_seconds": round(self.slide_overhead_seconds, 1),
+                "batches_measured": self.batches_measured, "no_history": self.no_history, "note": self.note}
+
+
+def throughput(pipeline: Pipeline | str) -> Throughput:
+    """Tiles per second of one worker process for this pipeline, from its recent BatchResults.
+
+    Measured over every version of the pipeline (same name); with no history, a conservative
+    default per queue, and `no_history` says so.
+    """
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.objects.filter(name=pipeline).order_by("-created_at").first() or Pipeline(name=pipeline)
+    name, queue = pipeline.name, pipeline.batch_queue or "cpu"
+    tiled = any(step.get("name") == "tiles" for step in pipeline.steps or [])
+    key = f"histoia:throughput:{name}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    batches = list(BatchResult.objects.filter(run__prediction__pipeline__name=name, seconds__gt=0)
+                   .order_by("-finished_at").values_list("tiles", "seconds")[:HISTORY])
+    tiles, seconds = sum(t for t, _ in batches), sum(s for _, s in batches)
+    rate = tiles / seconds if tiles and seconds else DEFAULT_TILES_PER_SECOND.get(queue, 1.0)
+    runs = list(SlideRun.objects.filter(prediction__pipeline__name=name, status=Status.SUCCEEDED)
+                .order_by("-finished_at").values_list("timings", "total_units")[:HISTORY])
+    overheads = [(t or {}).get("prepare_s", 0) + (t or {}).get("aggregate_s", 0) for t, _ in runs if t]
+    overhead = sum(overheads) / len(overheads) if overheads else DEFAULT_SLIDE_OVERHEAD_SECONDS
+    per_slide = [units - 2 for _, units in runs if units and units > 2]
+    tiles_per_slide = sum(per_slide) / len(per_slide) if per_slide else (DEFAULT_TILES_PER_SLIDE if tiled else 0)
+    result = Throughput(name, queue, rate, overhead, tiles_per_slide, len(batches) if tiles and seconds else 0)
+    cache.set(key, result, CACHE_SECONDS)
+    return result
+
+
+def _parallelism(queue: str) -> int:
+    from .monitoring import cached_concurrency
+
+    return cached_concurrency(queue) or 1
+
+
+def remaining_seconds(prediction: Prediction, rate: Throughput | None = None) -> float:
+    """Work left in this prediction, in seconds of the queue serving it (all its processes)."""
+    if prediction.is_final:
+        return 0.0
+    rate = rate or throughput(prediction.pipeline)
+    tiles = overhead = 0.0
+    for run in _runs(prediction):
+        if run.status in (Status.SUCCEEDED, Status.FAILED, Status.PARTIAL, Status.CANCELLED):
+            continue
+        if run.total_units <= 2 and run.done_units == 0:   # not prepared yet: the number of tiles is unknown
+            tiles += rate.tiles_per_slide
+            overhead += rate.slide_overhead_seconds
+        else:  # done_units counts prepare (1) and finished tiles; the last unit is aggregate
+            tiles += max(0, run.total_units - run.done_units - 1)
+            overhead += rate.slide_overhead_seconds / 2
+    return tiles / rate.tiles_per_second / _parallelism(rate.queue) + overhead
+
+
+def _runs(prediction):
+    cached = getattr(prediction, "_prefetched_objects_cache", {}).get("runs")
+    return cached if cached is not None else prediction.runs.only("status", "total_units", "done_units")
+
+
+def _active_in_order():
+    """Every queued or running prediction (all labs), in the order they run."""
+    return list(
+        Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
+        .select_related("pipeline", "experiment")
+        # Slides too: the dashboard draws a bar per slide (a bounded number of queries).
+        .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk")))
+        .annotate(
+            _running=Case(When(status=Status.RUNNING, then=Value(0)), default=Value(1), output_field=IntegerField()),
+            _urgent=Case(When(priority=Prediction.Priority.URGENT, then=Value(0)), default=Value(1),
+                         output_field=IntegerField()),
+        )
+        .order_by("_running", "_urgent", "started_at", "created_at", "pk")
+    )
+
+
+def _plan():
+    """pk -> entry for every active prediction: position, queue, ETA, estimate basis."""
+    entries, ahead, position = {}, {}, 0
+    for prediction in _active_in_order():
+        rate = throughput(prediction.pipeline)
+        own = remaining_seconds(prediction, rate)
+        queue = rate.queue
+        if prediction.status == Status.RUNNING:
+            eta, pos = own, 0
+        else:
+            position += 1
+            eta, pos = ahead.get(queue, 0.0) + own, position
+        ahead[queue] = ahead.get(queue, 0.0) + own
+        entries[prediction.pk] = {
+            "prediction": prediction,
+            "position": pos,
+            "status": prediction.status,
+            "queue": queue,
+            "eta_seconds": round(eta),
+            "estimated_without_history": rate.no_history,
+            "throughput": rate,
+        }
+    return entries
+
+
+def waiting(user=None) -> list[dict]:
+    """Queued and running predictions `user` may see (all when user is None), in run order.
+
+    Each entry: {"prediction", "position" (0 = running; 1 = next to start), "status", "queue",
+    "eta_seconds" (until it ends), "estimated_without_history", "throughput"}.
+    """
+    entries = _plan()
+    if user is None:
+        return list(entries.values())
+    visible = set(Prediction.objects.for_user(user).filter(pk__in=list(entries)).values_list("pk", flat=True))
+    return [entry for pk, entry in entries.items() if pk in visible]
+
+
+def eta_seconds(prediction: Prediction) -> int | None:
+    """Estimated seconds until a queued or running prediction ends; None once it has ended.
+
+    Running: its own remaining work. Queued: the remaining work of everything ahead of it on the
+    same queue, plus its own, over the measured throughput.
+    """
+    if prediction.is_final:
+        return None
+    if prediction.status == Status.RUNNING:
+        return round(remaining_seconds(prediction))
+    entry = _plan().get(prediction.pk)
+    return entry["eta_seconds"] if entry else None

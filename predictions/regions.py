@@ -1,0 +1,132 @@
+"""A finished slide run's regions as GeoJSON (QuPath import) and its per-tile data for the viewer.
+
+Both are found through Prediction.objects.for_user(): another lab's runs are 404. The shapes are
+built by predictions/geojson.py (plain Python) from the run's plan, its tile rows and its tissue
+mask; a finished run never changes, so the browser may keep them a while (private only).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+from PIL import Image
+
+from . import geojson
+from .models import Prediction, SlideRun, Status
+from .pipelines import Plan
+
+CACHE_CONTROL = "private, max-age=300"
+
+
+def finished_run(user, pk) -> SlideRun:
+    """A succeeded slide run in one of the user's labs, else 404 (also used by the API)."""
+    run = get_object_or_404(
+        SlideRun.objects.filter(prediction__in=Prediction.objects.for_user(user))
+        .select_related("slide", "prediction__pipeline", "prediction__model"), pk=pk)
+    if run.status != Status.SUCCEEDED or not run.plan:
+        raise Http404("This slide has no finished result yet.")
+    return run
+
+
+def _inputs(run: SlideRun):
+    code = run.prediction.pipeline.code
+    plan = Plan.from_json(run.plan)
+    rows = [row for batch in run.batches.order_by("index").values_list("rows", flat=True) for row in batch]
+    mask = None
+    if run.tissue_mask:
+        with run.tissue_mask.open("rb") as fh:
+            mask = read_mask(fh.read())
+    return code, plan, rows, mask
+
+
+def read_mask(data: bytes) -> np.ndarray:
+    """The tissue mask from its PNG. prepare stores it as 8-bit grey (255 = tissue), but the
+    tissue-area pipeline's result image of the same name (tissue_mask.png, RGBA: opaque green on
+    tissue, transparent elsewhere) replaces that file when the run ends, so read the alpha
+    channel when there is one."""
+    image = Image.open(io.BytesIO(data))
+    if "A" in image.getbands():
+        return np.asarray(image.getchannel("A")) > 127
+    return np.asarray(image.convert("L")) > 127
+
+
+def _threshold(request) -> float:
+    raw = request.GET.get("threshold")
+    if raw in (None, ""):
+        return geojson.DEFAULT_POSITIVE_THRESHOLD
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("threshold must be a number from 0 to 1")
+    return value
+
+
+def regions_collection(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT_POSITIVE_THRESHOLD,
+                       detections: bool = True) -> dict:
+    """The run's GeoJSON FeatureCollection (the API can answer with this as it is)."""
+    code, plan, rows, mask = _inputs(run)
+    prediction = run.prediction
+    return geojson.feature_collection(
+        code, plan, rows, mask, run.slide.width, run.slide.height,
+        key=f"run-{run.pk}", class_names=(prediction.model.class_names if prediction.model_id else ()),
+        positive_threshold=positive_threshold, detections=detections,
+        provenance={"prediction": prediction.pk, "run": run.pk, "slide": run.slide.original_name,
+                    "slide_sha256": run.slide_sha256, "pipeline": prediction.pipeline.name,
+                    "pipeline_version": prediction.pipeline.version,
+                    "model_sha256": prediction.model_sha256 or None,
+                    "positive_threshold": positive_threshold if code.name == "ihc-dab" else None,
+                    "units": "level-0 pixels, origin top-left, y down"})
+
+
+def geojson_filename(run: SlideRun) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", run.slide.original_name.rsplit(".", 1)[0])[:80] or "slide"
+    return f"prediction-{run.prediction_id}-{stem}-regions.geojson"
+
+
+def regions_response(request, run: SlideRun) -> HttpResponse:
+    """The GeoJSON download of a run already found in the user's labs (page and API alike).
+
+    Query: threshold (0-1, ihc-dab's Positive cut-off, default 0.1), detections=0 (regions only),
+    download=0 (inline instead of attachment). 404 until the run has succeeded; 400 for a bad
+    threshold.
+    """
+    if run.status != Status.SUCCEEDED or not run.plan:
+        raise Http404("This slide has no finished result yet.")
+    try:
+        threshold = _threshold(request)
+    except ValueError as exc:
+        return JsonResponse({"threshold": [str(exc)]}, status=400)
+    detections = request.GET.get("detections", "1").lower() not in ("0", "false", "no", "off")
+    data = regions_collection(run, positive_threshold=threshold, detections=detections)
+    response = HttpResponse(json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+                            content_type="application/geo+json")
+    disposition = "attachment" if request.GET.get("download", "1") != "0" else "inline"
+    response["Content-Disposition"] = f'{disposition}; filename="{geojson_filename(run)}"'
+    response["Cache-Control"] = CACHE_CONTROL
+    return response
+
+
+@require_GET
+def run_regions_geojson(request, pk):
+    """GET /predictions/runs/<pk>/regions.geojson[?threshold=0.1&detections=0]"""
+    return regions_response(request, finished_run(request.user, pk))
+
+
+@require_GET
+def run_overlay(request, pk):
+    """GET /predictions/runs/<pk>/overlay.json: per-tile values and the tissue outline, for the viewer."""
+    run = finished_run(request.user, pk)
+    code, plan, rows, mask = _inputs(run)
+    data = geojson.overlay_data(code, plan, rows, mask, run.slide.width, run.slide.height)
+    data["run"] = run.pk
+    response = JsonResponse(data)
+    response["Cache-Control"] = CACHE_CONTROL
+    return response

@@ -1,0 +1,53 @@
+"""The GeoJSON export in the REST API: GET /api/v1/predictions/{id}/runs/{run_id}/regions.geojson
+
+A view of its own, ready to be routed in histoia/api_urls.py (one line, see below); it answers
+exactly what the page's download does (predictions.regions.regions_response), found through the
+prediction's lab like every other API object: another lab's prediction or run is 404.
+
+    path("predictions/<int:pk>/runs/<int:run_id>/regions.geojson", RunRegionsView.as_view(),
+         name="prediction-regions-geojson"),
+"""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
+from rest_framework.views import APIView
+
+from . import regions
+from .models import Prediction, SlideRun
+
+
+class GeoJSONRenderer(JSONRenderer):
+    media_type = "application/geo+json"
+    format = "geojson"
+
+
+class RunRegionsView(APIView):
+    """A finished slide's regions as a GeoJSON FeatureCollection that QuPath imports."""
+
+    renderer_classes = [GeoJSONRenderer, JSONRenderer]
+
+    @extend_schema(
+        summary="A slide's result regions as GeoJSON (QuPath import)", tags=["results"],
+        operation_id="predictions_regions_geojson",
+        description="Features in level-0 pixels (origin top-left, y down), each with QuPath's `objectType` "
+                    "(`annotation` or `detection`), `classification` {name, color} and numeric `measurements`: "
+                    "tissue regions (tissue-area); tiles classified Positive/Negative and the positive region "
+                    "(ihc-dab); tiles with nuclei counts (nuclei-density); one region per class and classified "
+                    "tiles (tissue-classifier). 404 until the slide's run has succeeded.",
+        parameters=[
+            OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The slide run's id (`runs[].id`)."),
+            OpenApiParameter("threshold", OpenApiTypes.FLOAT, description="ihc-dab: DAB-positive fraction of tissue at "
+                             "which a tile is Positive (0-1, default 0.1)."),
+            OpenApiParameter("detections", OpenApiTypes.BOOL, description="0 leaves out the per-tile detections."),
+        ],
+        responses={(200, "application/geo+json"): OpenApiTypes.OBJECT,
+                   400: OpenApiResponse(description="`{\"threshold\": [\"...\"]}`"),
+                   404: OpenApiResponse(description="Not found, not finished, or not in one of your labs.")},
+    )
+    def get(self, request, pk, run_id):
+        prediction = get_object_or_404(Prediction.objects.for_user(request.user), pk=pk)
+        run = get_object_or_404(SlideRun.objects.select_related("slide", "prediction__pipeline", "prediction__model"),
+                                prediction=prediction, pk=run_id)
+        return regions.regions_response(request, run)

@@ -1,0 +1,242 @@
+"""Pages for running pipelines and reading their results. Every lookup is scoped to the user's
+labs through .for_user(): another lab's predictions and files are 404."""
+
+import csv
+import io
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from experiments.models import Experiment
+
+from . import engine, figures, queueing
+from .filters import PredictionFilter
+from .forms import PredictionForm
+from .models import Pipeline, Prediction, SlideRun, Status
+
+
+def _prediction(request, pk):
+    queryset = Prediction.objects.for_user(request.user).select_related(
+        "experiment__lab", "pipeline", "model", "triggered_by", "cancelled_by")
+    return get_object_or_404(queryset, pk=pk)
+
+
+@require_GET
+def dashboard(request):
+    return render(request, "predictions/dashboard.html", _dashboard_context(request))
+
+
+@require_GET
+def dashboard_live(request):
+    """The live part of the dashboard, polled every few seconds. A bounded number of queries
+    whatever the number of running predictions (runs are prefetched, workers cached)."""
+    return render(request, "predictions/_dashboard.html", _dashboard_context(request))
+
+
+def _dashboard_context(request):
+    from . import monitoring
+
+    entries = queueing.waiting(request.user)
+    running = [e for e in entries if e["status"] == Status.RUNNING]
+    queued = [e for e in entries if e["status"] == Status.QUEUED]
+    recent = list(Prediction.objects.for_user(request.user)
+                  .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
+                  .select_related("experiment", "pipeline", "triggered_by").order_by("-finished_at", "-pk")[:10])
+    return {"running": running, "queued": queued, "recent": recent,
+            "workers": monitoring.workers(), "depths": monitoring.queue_depths()}
+
+
+@require_GET
+def monitoring_page(request):
+    """For staff: workers per queue, what they run, queue depths, recent failures."""
+    from django_celery_results.models import TaskResult
+
+    from . import monitoring
+
+    if not request.user.is_staff:
+        raise Http404
+    since = timezone.now() - timedelta(days=1)
+    return render(request, "predictions/monitoring.html", {
+        **monitoring.overview(),
+        "failed_predictions": Prediction.objects.filter(status__in=[Status.FAILED, Status.PARTIAL], finished_at__gte=since)
+        .select_related("experiment__lab", "pipeline").order_by("-finished_at")[:20],
+        "failed_tasks": TaskResult.objects.filter(status="FAILURE", date_done__gte=since).order_by("-date_done")[:20],
+        "flower_url": settings.FLOWER_URL,
+    })
+
+
+@require_GET
+def history(request):
+    """Every prediction the user may see, filtered and paginated (indexes in models.Meta)."""
+    base = Prediction.objects.for_user(request.user).select_related(
+        "experiment", "pipeline", "triggered_by").order_by("-created_at", "-pk")
+    filterset = PredictionFilter(request.GET or None, queryset=base, request=request)
+    page = Paginator(filterset.qs, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "predictions/history.html", {
+        "filter": filterset, "page": page, "query": query.urlencode(),
+    })
+
+
+@require_GET
+def compare(request):
+    """Two predictions of one experiment side by side, per slide, with their differences."""
+    visible = Prediction.objects.for_user(request.user).select_related("experiment", "pipeline", "model")
+    a = get_object_or_404(visible, pk=request.GET.get("a") or 0)
+    b = get_object_or_404(visible, pk=request.GET.get("b") or 0)
+    if a.experiment_id != b.experiment_id:
+        messages.error(request, "Only predictions of the same experiment can be compared.")
+        return redirect(a)
+    runs_a = {r.slide_id: r for r in a.runs.select_related("slide")}
+    runs_b = {r.slide_id: r for r in b.runs.select_related("slide")}
+    names = []
+    for run in [*runs_a.values(), *runs_b.values()]:
+        names += [k for k in (run.metrics or {}) if k not in names]
+    rows = []
+    for slide_id in sorted(set(runs_a) | set(runs_b), key=lambda i: (runs_a.get(i) or runs_b.get(i)).slide.original_name):
+        ra, rb = runs_a.get(slide_id), runs_b.get(slide_id)
+        slide = (ra or rb).slide
+        for name in names:
+            va = (ra.metrics or {}).get(name) if ra else None
+            vb = (rb.metrics or {}).get(name) if rb else None
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
+            diff = vb - va if numeric else None
+            rows.append({"slide": slide.original_name, "name": name, "label": figures.label(name),
+                         "a": figures.display(va), "b": figures.display(vb),
+                         "diff": figures.display(diff) if diff is not None else "",
+                         "sign": (diff > 0) - (diff < 0) if diff is not None else 0,
+                         "relative": f"{100 * diff / va:+.1f}%" if numeric and va else ""})
+    others = visible.filter(experiment=a.experiment).exclude(pk__in=[a.pk, b.pk])[:50]
+    return render(request, "predictions/compare.html", {"a": a, "b": b, "rows": rows, "others": others})
+
+
+def prediction_new(request, experiment_pk):
+    experiment = get_object_or_404(Experiment.objects.for_user(request.user), pk=experiment_pk)
+    pipelines = list(Pipeline.objects.enabled())
+    chosen = request.POST.get("pipeline") or request.GET.get("pipeline")
+    pipeline = next((p for p in pipelines if str(p.pk) == chosen), pipelines[0] if pipelines else None)
+    if pipeline is None:
+        messages.error(request, "No pipeline is enabled on this server; ask an admin.")
+        return redirect(experiment)
+    form = PredictionForm(request.POST if request.method == "POST" and "submit" in request.POST else None,
+                          experiment=experiment, pipeline=pipeline)
+    if form.is_bound and form.is_valid():
+        try:
+            prediction = engine.submit(experiment, pipeline, form.cleaned_data["slides"], form.cleaned_data["params"],
+                                       user=request.user, priority=form.cleaned_data["priority"])
+        except engine.SubmitError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"{pipeline.title} queued on {prediction.runs.count()} slide(s).")
+            return redirect(prediction)
+    return render(request, "predictions/new.html", {
+        "experiment": experiment, "pipelines": pipelines, "pipeline": pipeline, "form": form,
+    })
+
+
+@require_GET
+def prediction_detail(request, pk):
+    prediction = _prediction(request, pk)
+    return render(request, "predictions/detail.html", _detail_context(prediction, with_plots=True))
+
+
+@require_GET
+def prediction_progress(request, pk):
+    """The live part of the prediction page, polled while the prediction runs."""
+    prediction = _prediction(request, pk)
+    return render(request, "predictions/_progress.html", _detail_context(prediction, with_plots=prediction.is_final))
+
+
+def _detail_context(prediction, with_plots=False):
+    runs = list(prediction.runs.select_related("slide").order_by("slide__original_name", "pk"))
+    metric_names = []
+    for run in runs:
+        for key in (run.metrics or {}):
+            if key not in metric_names:
+                metric_names.append(key)
+    for run in runs:
+        run.metric_values = [(run.metrics or {}).get(k) for k in metric_names]
+        run.metric_display = [figures.display(v) for v in run.metric_values]
+        if with_plots and run.status == Status.SUCCEEDED:
+            run.plot = _tile_plot(prediction.pipeline.name, run)
+    return {"prediction": prediction, "runs": runs, "metric_names": metric_names,
+            "metric_labels": [(n, figures.label(n)) for n in metric_names],
+            "provenance": prediction.provenance(), "eta": queueing.eta_seconds(prediction)}
+
+
+def _tile_plot(pipeline_name, run):
+    if pipeline_name not in figures.TILE_VALUE:
+        return None
+    title, value = figures.TILE_VALUE[pipeline_name]
+    rows = [row for batch in run.batches.order_by("index").values_list("rows", flat=True) for row in batch]
+    plot = figures.histogram([value(r) for r in rows])
+    return {"title": title, **plot} if plot else None
+
+
+@require_POST
+def prediction_cancel(request, pk):
+    prediction = _prediction(request, pk)
+    try:
+        engine.cancel(prediction, request.user)
+    except engine.CancelError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Prediction cancelled. Batches already running stop at their end.")
+    return redirect(prediction)
+
+
+@require_POST
+def prediction_rerun(request, pk):
+    old = _prediction(request, pk)
+    slides = [run.slide for run in old.runs.select_related("slide")]
+    try:
+        new = engine.submit(old.experiment, old.pipeline, slides, old.params, user=request.user,
+                            trigger=Prediction.Trigger.RERUN, priority=old.priority, rerun_of=old)
+    except engine.SubmitError as exc:
+        messages.error(request, f"Could not re-run: {exc}")
+        return redirect(old)
+    messages.success(request, f"Re-run queued as prediction #{new.pk}.")
+    return redirect(new)
+
+
+@require_GET
+def prediction_figures_csv(request, pk):
+    """Per-slide figures, one row per slide, columns the stable metric names."""
+    context = _detail_context(_prediction(request, pk))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["slide", "slide_sha256", "status", "error", *context["metric_names"]])
+    for run in context["runs"]:
+        writer.writerow([run.slide.original_name, run.slide_sha256, run.status, run.error,
+                         *["" if v is None else v for v in run.metric_values]])
+    response = HttpResponse(out.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="prediction-{pk}-figures.csv"'
+    return response
+
+
+def _run(request, pk):
+    return get_object_or_404(SlideRun.objects.filter(prediction__in=Prediction.objects.for_user(request.user))
+                             .select_related("slide"), pk=pk)
+
+
+@require_GET
+def run_file(request, pk, name):
+    """A result file of one slide run: an image by name, the tissue mask or the tile table."""
+    run = _run(request, pk)
+    if name == "tiles.csv" and run.tile_table:
+        response = FileResponse(run.tile_table.open("rb"), content_type="text/csv", as_attachment=True,
+                                filename=f"prediction-{run.prediction_id}-{run.slide.original_name}-tiles.csv")
+        return response
+    image = (run.images or {}).get(name.removesuffix(".png"))
+    if image and name.endswith(".png"):
+        return FileResponse(run.tile_table.storage.open(image["path"], "rb"), content_type="image/png")
+    if name == "tissue_mask.png" and run.tissue_mask:  # the raw mask, for runs without such an image
+        return FileResponse(run.tissue_mask.open("rb"), content_type="image/png")
+    raise Http404("No such result file.")
