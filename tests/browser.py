@@ -1,0 +1,42 @@
+"""Headless Chromium for page tests (Debian's chromium and chromium-driver)."""
+
+import shutil
+
+import pytest
+
+from tests.conftest import ARTIFACTS, PASSWORD
+
+
+def chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.fail("chromium and chromedriver are needed for the browser tests "
+                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-dev-shm-usage", "--no-first-run", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.binary_location = binary
+    options.enable_downloads = True
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.implicitly_wait(0)
+    return browser
+
+
+def screenshot(browser, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def log_in(browser, live_server, username, password=PASSWORD):
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()

@@ -1,0 +1,268 @@
+"""Shared fixtures: users in two labs, a real slide, and real Celery worker processes.
+
+The workers are separate processes started with the same commands as the Procfile, consuming
+from the configured broker (RabbitMQ in CI, the filesystem broker by default) and writing to
+the test database. Tests that use them must use the transactional database, since a worker
+cannot see rows inside a test's open transaction.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parents[1]
+SLIDES = REPO.parent / "shared" / "data" / "slides"
+CMU_SLIDE = SLIDES / "cmu-1-small-region.svs"
+BROKEN_SLIDE = SLIDES / "broken.svs"
+ARTIFACTS = REPO / "test-artifacts"
+PASSWORD = "correct horse battery staple"
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2, message="condition"):
+    """Poll until predicate() is truthy; its last value is returned. Fails with `message`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def lab_a(db):
+    from experiments.models import Lab
+
+    return Lab.objects.create(name="Pathology A")
+
+
+@pytest.fixture
+def lab_b(db):
+    from experiments.models import Lab
+
+    return Lab.objects.create(name="Pathology B")
+
+
+def _member(django_user_model, lab, username):
+    user = django_user_model.objects.create_user(username, password=PASSWORD)
+    lab.members.add(user)
+    return user
+
+
+@pytest.fixture
+def alice(django_user_model, lab_a):
+    return _member(django_user_model, lab_a, "alice")
+
+
+@pytest.fixture
+def bob(django_user_model, lab_b):
+    """A member of another lab: must never see lab A's data."""
+    return _member(django_user_model, lab_b, "bob")
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(alice, bob):
+    from django.test import Client
+
+    c = Client()
+    c.force_login(bob)
+    return c
+
+
+@pytest.fixture
+def experiment(alice, lab_a):
+    from experiments.models import Experiment
+
+    return Experiment.objects.create(name="Liver fibrosis", lab=lab_a, created_by=alice)
+
+
+_SESSION_DIRS = {}
+
+
+def session_dir(tmp_path_factory, name):
+    # Workers are started once per session with these folders, so they must not change per test.
+    if name not in _SESSION_DIRS:
+        _SESSION_DIRS[name] = tmp_path_factory.mktemp(name)
+    return _SESSION_DIRS[name]
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path_factory):
+    settings.MEDIA_ROOT = str(session_dir(tmp_path_factory, "media"))
+    settings.SLIDE_IMPORT_ROOT = ""
+
+
+@pytest.fixture
+def share(settings, tmp_path_factory):
+    """The lab's file share (SLIDE_IMPORT_ROOT), emptied for each test."""
+    root = session_dir(tmp_path_factory, "share")
+    for entry in root.iterdir():
+        entry.unlink() if entry.is_file() or entry.is_symlink() else shutil.rmtree(entry)
+    settings.SLIDE_IMPORT_ROOT = str(root)
+    return root
+
+
+def _database_url_for_workers() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    url = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(url._replace(path=f"/{db['NAME']}"))
+
+
+class Workers:
+    """The running cpu and gpu worker processes and their names (as Celery reports them)."""
+
+    def __init__(self, env, log_dir):
+        self.env, self.log_dir = env, log_dir
+        suffix = f"test{os.getpid()}"
+        self.cpu_name, self.gpu_name = f"cpu@{suffix}", f"gpu@{suffix}"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def command(self, kind):
+        celery = [sys.executable, "-m", "celery", "-A", "histoia", "worker", "--loglevel=INFO",
+                  "--without-mingle", "--without-gossip"]
+        if kind == "cpu":
+            return celery + ["-Q", "cpu", "-P", "prefork", "-c", "2", "-n", self.cpu_name]
+        return celery + ["-Q", "gpu", "-P", "solo", "-c", "1", "-n", self.gpu_name]
+
+    def start(self, kind):
+        log = self.log_dir / f"worker-{kind}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        fh = open(log, "ab")
+        proc = subprocess.Popen(self.command(kind), cwd=REPO, env=self.env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[kind] = proc
+        wait_for(lambda: b" ready." in log.read_bytes()[offset:] or proc.poll() is not None,
+                 timeout=90, message=f"{kind} worker to start (see {log})")
+        assert proc.poll() is None, f"{kind} worker exited at start; see {log}"
+        return proc
+
+    def kill(self, kind, sig=signal.SIGKILL):
+        """Kill a worker and its pool children at once, as a crash or OOM kill would."""
+        proc = self.procs.pop(kind)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop_all(self):
+        for kind, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+
+@pytest.fixture(scope="session")
+def celery_workers(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Real cpu and gpu worker processes for the whole session (started on first use)."""
+    from histoia.celery import app
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": _database_url_for_workers(),
+        "MEDIA_ROOT": str(session_dir(tmp_path_factory, "media")),
+        "SLIDE_IMPORT_ROOT": str(session_dir(tmp_path_factory, "share")),
+        "DJANGO_SETTINGS_MODULE": "histoia.settings",
+        "DEBUG": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    # Messages left by an earlier, interrupted run would name rows of another database.
+    with django_db_blocker.unblock():
+        app.control.purge()
+    workers = Workers(env, ARTIFACTS)
+    try:
+        workers.start("cpu")
+        workers.start("gpu")
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+@pytest.fixture
+def workers(celery_workers, transactional_db):
+    # A test may kill a worker; bring it back for the next test.
+    for kind in ("cpu", "gpu"):
+        if kind not in celery_workers.procs or celery_workers.procs[kind].poll() is not None:
+            celery_workers.start(kind)
+    return celery_workers
+
+
+def real_stack_required() -> bool:
+    return os.environ.get("HISTOIA_REQUIRE_REAL_STACK") == "1"
+
+
+@pytest.fixture
+def slide_copy(tmp_path):
+    """Copy a shared slide under another name (uploads must not touch the shared originals)."""
+    def copy(source: Path, name: str | None = None) -> Path:
+        target = tmp_path / (name or source.name)
+        shutil.copyfile(source, target)
+        return target
+    return copy
+
+
+@pytest.fixture
+def make_slide(experiment):
+    """A slide stored and validated like an upload (validation body run in-process)."""
+    from django.core.files import File
+
+    from experiments.models import Slide
+    from experiments.tasks import validate_slide
+
+    def make(path: Path, name: str | None = None, exp=None):
+        slide = Slide(experiment=exp or experiment, original_name=name or path.name)
+        with open(path, "rb") as fh:
+            slide.file.save(name or path.name, File(fh), save=False)
+        slide.save()
+        validate_slide(slide.pk)
+        slide.refresh_from_db()
+        return slide
+
+    return make
+
+
+@pytest.fixture
+def pipelines(transactional_db):
+    from predictions.catalogue import sync_pipelines
+    from predictions.models import Pipeline
+
+    sync_pipelines()  # transactional tests flush the rows migrate created
+    return {p.name: p for p in Pipeline.objects.all()}
+
+
+@pytest.fixture
+def demo_model(transactional_db):
+    from predictions.catalogue import register_demo_model
+
+    return register_demo_model()
+
+
+def wait_final(prediction, timeout=180):
+    from predictions.models import Prediction
+
+    def check():
+        prediction.refresh_from_db()
+        return prediction.is_final
+    wait_for(check, timeout=timeout, message=f"prediction #{prediction.pk} to end "
+             f"(last status {Prediction.objects.get(pk=prediction.pk).status})")
+    return prediction

@@ -1,0 +1,103 @@
+"""The dashboard: the queue in run order with positions and ETAs, and a bounded query count."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from experiments.models import Slide
+from predictions import engine, monitoring
+from predictions.models import BatchResult, Prediction, SlideRun, Status
+
+
+@pytest.fixture
+def ready_slides(experiment):
+    return [Slide.objects.create(experiment=experiment, original_name=f"case-{i}.svs", status=Slide.Status.READY,
+                                 sha256=f"{i:064d}", width=2000, height=2000) for i in range(3)]
+
+
+@pytest.fixture
+def pipelines(db):
+    # Not the suite's transactional fixture: here submitted predictions must stay queued (the
+    # test transaction never commits, so nothing is sent to the workers).
+    from predictions.catalogue import sync_pipelines
+    from predictions.models import Pipeline
+
+    sync_pipelines()
+    return {p.name: p for p in Pipeline.objects.all()}
+
+
+@pytest.fixture
+def no_broker_calls():
+    # The dashboard reads workers and queue depths through a short cache; fill it so these page
+    # tests measure the page's own queries, not a broadcast to workers.
+    cache.set(monitoring.WORKERS_CACHE_KEY, [], 60)
+    cache.set(monitoring.DEPTHS_CACHE_KEY, {"cpu": 0, "gpu": 0}, 60)
+    yield
+    cache.clear()
+
+
+def queue(pipelines, slides, priority, django_capture_on_commit_callbacks, **kw):
+    # Submitted without sending anything: these predictions stay queued.
+    with django_capture_on_commit_callbacks(execute=False):
+        return engine.submit(slides[0].experiment, pipelines["ihc-dab"], slides, priority=priority, **kw)
+
+
+def test_queue_lists_urgent_first_then_oldest_with_positions_and_etas(
+        alice_client, pipelines, ready_slides, no_broker_calls, django_capture_on_commit_callbacks):
+    normal_1 = queue(pipelines, ready_slides, "normal", django_capture_on_commit_callbacks)
+    normal_2 = queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+    urgent = queue(pipelines, ready_slides[:2], "urgent", django_capture_on_commit_callbacks)
+    page = alice_client.get(reverse("predictions:dashboard")).content.decode()
+    rows = re.findall(r'data-prediction="(\d+)" data-position="(\d+)"', page)
+    assert rows == [(str(urgent.pk), "1"), (str(normal_1.pk), "2"), (str(normal_2.pk), "3")]
+    etas = [int(x.replace(",", "")) for x in re.findall(r'<td class="num">([\d,]+) s', page)]
+    assert len(etas) == 3 and etas == sorted(etas) and etas[0] > 0  # each waits for those ahead
+
+    # Measured history replaces the cautious default: the ETA is updated from real throughput.
+    before = dict(zip([r[0] for r in rows], etas))
+    done = queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+    run = done.runs.get()
+    now = timezone.now()
+    BatchResult.objects.create(run=run, index=0, rows=[], tiles=1000, queue="cpu", worker="cpu@test",
+                               started_at=now - timedelta(seconds=1), finished_at=now, seconds=1.0)
+    SlideRun.objects.filter(pk=run.pk).update(status=Status.SUCCEEDED)
+    Prediction.objects.filter(pk=done.pk).update(status=Status.SUCCEEDED, finished_at=now)
+    cache.delete("histoia:throughput:ihc-dab")  # measured throughput is cached for 30 s
+    page = alice_client.get(reverse("predictions:dashboard_live")).content.decode()
+    after = dict(re.findall(r'data-prediction="(\d+)" data-position="\d+"><td>\d+</td>.*?<td class="num">([\d,]+) s', page, re.S))
+    assert set(after) == set(before)
+    assert all(int(after[k].replace(",", "")) != before[k] for k in before)
+
+
+def test_dashboard_query_count_does_not_grow_with_running_predictions(
+        alice_client, pipelines, ready_slides, no_broker_calls, django_capture_on_commit_callbacks):
+    def running(n):
+        for _ in range(n):
+            p = queue(pipelines, ready_slides, "normal", django_capture_on_commit_callbacks)
+            Prediction.objects.filter(pk=p.pk).update(status=Status.RUNNING, started_at=timezone.now())
+            p.runs.update(status=Status.RUNNING, total_units=40, done_units=10)
+
+    def count():
+        with CaptureQueriesContext(connection) as ctx:
+            assert alice_client.get(reverse("predictions:dashboard_live")).status_code == 200
+        return len(ctx.captured_queries)
+
+    running(1)
+    count()  # warms the 30 s throughput cache, shared by every request
+    one = count()
+    running(9)
+    ten = count()
+    assert ten == one, f"{one} queries with 1 running prediction, {ten} with 10"
+
+
+def test_another_lab_sees_none_of_it(bob_client, pipelines, ready_slides, no_broker_calls,
+                                     django_capture_on_commit_callbacks):
+    p = queue(pipelines, ready_slides, "urgent", django_capture_on_commit_callbacks)
+    page = bob_client.get(reverse("predictions:dashboard")).content.decode()
+    assert f'data-prediction="{p.pk}"' not in page and "Nothing is waiting" in page
