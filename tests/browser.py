@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ARTIFACTS, PASSWORD
+from tests.conftest import ARTIFACTS, PASSWORD, wait_for
 
 
 def chromium():
@@ -23,7 +23,7 @@ def chromium():
     options.binary_location = binary
     options.enable_downloads = True
     browser = webdriver.Chrome(service=Service(driver), options=options)
-    browser.implicitly_wait(0)
+    browser.implicitly_wait(5)  # a page still loading after a click is not a failure
     return browser
 
 
@@ -40,3 +40,25 @@ def log_in(browser, live_server, username, password=PASSWORD):
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # click() does not wait for the navigation it starts: without this, the next get() can race
+    # the login POST and land wherever its redirect ends.
+    wait_in_page(lambda: "/accounts/login/" not in browser.current_url
+                 and browser.find_element(By.CSS_SELECTOR, "header .muted").text == username,
+                 timeout=30, message=f"{username} logged in")
+
+
+def wait_in_page(predicate, **kwargs):
+    """wait_for on a live page: an element htmx swapped out mid-read only means "not yet".
+
+    Polled fragments replace their elements every few seconds, so a reference found a moment
+    ago can go stale (or be briefly absent) between the find and the read.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def attempt():
+        try:
+            return predicate()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    return wait_for(attempt, **kwargs)

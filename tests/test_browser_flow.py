@@ -9,8 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import chromium, log_in, screenshot
-from tests.conftest import CMU_SLIDE, wait_for
+from tests.browser import chromium, log_in, screenshot, wait_in_page
+from tests.conftest import CMU_SLIDE
 
 pytestmark = pytest.mark.worker
 
@@ -36,28 +36,28 @@ def test_lab_member_runs_tissue_area_and_reads_the_figures(workers, pipelines, l
     browser.find_element(By.NAME, "files").send_keys(str(CMU_SLIDE))
     browser.find_element(By.CSS_SELECTOR, ".add-slides button").click()
     # The slide table refreshes itself until the worker has checked the slide.
-    wait_for(lambda: "Ready" in browser.find_element(By.ID, "slides").text, timeout=60, message="slide ready")
+    wait_in_page(lambda: "Ready" in browser.find_element(By.ID, "slides").text, timeout=60, message="slide ready")
     assert "2220 × 2967" in browser.page_source
     screenshot(browser, "page-experiment")
 
     browser.find_element(By.LINK_TEXT, "Run a pipeline…").click()
     Select(browser.find_element(By.NAME, "pipeline")).select_by_visible_text("Tissue area (tissue-area 1.0)")
-    wait_for(lambda: "Otsu" in browser.page_source, message="pipeline description")
+    wait_in_page(lambda: "Otsu" in browser.page_source, message="pipeline description")
     screenshot(browser, "page-run-pipeline")
     browser.find_element(By.CSS_SELECTOR, "button[name=submit]").click()
 
     # Mark the document: if the page reloaded, the mark would be gone.
     browser.execute_script("window.__sameDocument = true;")
     bar = lambda: browser.find_element(By.CSS_SELECTOR, "[aria-label='overall progress']").get_attribute("aria-valuenow")
-    wait_for(lambda: bar() == "100", timeout=120, message="progress bar at 100 %")
-    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "[data-status]").get_attribute("data-status") == "succeeded",
+    wait_in_page(lambda: bar() == "100", timeout=120, message="progress bar at 100 %")
+    wait_in_page(lambda: browser.find_element(By.CSS_SELECTOR, "[data-status]").get_attribute("data-status") == "succeeded",
              timeout=30, message="succeeded")
     assert browser.execute_script("return window.__sameDocument === true;")
     prediction_url = browser.current_url
 
-    overlay = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.layer[data-layer=tissue_mask]"),
+    overlay = wait_in_page(lambda: browser.find_elements(By.CSS_SELECTOR, "img.layer[data-layer=tissue_mask]"),
                        message="overlay")[0]
-    wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", overlay),
+    wait_in_page(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", overlay),
              message="overlay image loaded")
     # The overlay controls work: hide, show, and fade the layer.
     toggle = browser.find_element(By.CSS_SELECTOR, "input[data-toggle=tissue_mask]")

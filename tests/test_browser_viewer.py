@@ -13,8 +13,8 @@ from selenium.webdriver.common.by import By
 from experiments import deepzoom
 from experiments.viewer import OPENSEADRAGON_JS
 from predictions import engine
-from tests.browser import chromium, log_in, screenshot
-from tests.conftest import CMU_SLIDE, wait_final, wait_for
+from tests.browser import chromium, log_in, screenshot, wait_in_page
+from tests.conftest import CMU_SLIDE, wait_final
 
 pytestmark = pytest.mark.worker
 
@@ -56,11 +56,11 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
     browser.find_element(By.CSS_SELECTOR, f"figure[data-run='{run.pk}'] a[data-open-viewer]").click()
     assert f"/experiments/slides/{slide.pk}/viewer/?run={run.pk}" in browser.current_url
     viewer = browser.find_element(By.ID, "viewer")
-    wait_for(lambda: viewer.get_attribute("data-ready") in ("1", "failed"), timeout=30, message="viewer open")
+    wait_in_page(lambda: viewer.get_attribute("data-ready") in ("1", "failed"), timeout=30, message="viewer open")
     assert viewer.get_attribute("data-ready") == "1"
-    wait_for(lambda: viewer.get_attribute("data-layers-loaded") == "1", timeout=30, message="overlay image")
-    wait_for(lambda: viewer.get_attribute("data-overlay-data") == "1", timeout=30, message="per-tile data")
-    wait_for(lambda: fully_loaded(browser), timeout=30, message="first view loaded")
+    wait_in_page(lambda: viewer.get_attribute("data-layers-loaded") == "1", timeout=30, message="overlay image")
+    wait_in_page(lambda: viewer.get_attribute("data-overlay-data") == "1", timeout=30, message="per-tile data")
+    wait_in_page(lambda: fully_loaded(browser), timeout=30, message="first view loaded")
     home_zoom = js(browser, "return histoiaViewer.viewer.viewport.getZoom();")
     # The tissue outline was drawn from the mask's contours.
     assert js(browser, "return document.querySelector('.tissue-outline').getAttribute('d').length") > 100
@@ -68,7 +68,7 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
     # Zoom in with the + button, then all the way to full resolution through the API, centred on
     # a tile that was analysed; tiles of the deepest Deep Zoom level (level 0 of the slide) load.
     browser.find_element(By.CSS_SELECTOR, "#viewer div[title='Zoom in']").click()
-    wait_for(lambda: js(browser, "return histoiaViewer.viewer.viewport.getZoom();") > home_zoom * 1.5,
+    wait_in_page(lambda: js(browser, "return histoiaViewer.viewer.viewport.getZoom();") > home_zoom * 1.5,
              timeout=10, message="zoom in button")
     row, col = run.plan["tiles"][len(run.plan["tiles"]) // 2]
     size0 = round(run.plan["tile_size"] * run.plan["analysis_downsample"])
@@ -78,7 +78,7 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
         const centre = item.imageToViewportCoordinates(arguments[0], arguments[1]);
         v.viewport.panTo(centre, true);
         v.viewport.zoomTo(item.imageToViewportZoom(1.0), centre, true);""", cx, cy)
-    wait_for(lambda: fully_loaded(browser), timeout=30, message="full-resolution tiles loaded")
+    wait_in_page(lambda: fully_loaded(browser), timeout=30, message="full-resolution tiles loaded")
     deepest = js(browser, "return performance.getEntriesByType('resource').map(e => e.name)"
                           ".filter(n => n.includes('/dzi/' + arguments[0] + '/')).length;", levels - 1)
     assert deepest > 0
@@ -86,10 +86,10 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
     # The value of the tile under the pointer (hover), then kept by a click.
     ActionChains(browser).move_to_element(viewer).move_by_offset(3, 3).perform()
     readout = browser.find_element(By.CSS_SELECTOR, "[data-readout]")
-    wait_for(lambda: f"row {row}, col {col}" in readout.text, timeout=10, message="tile readout")
+    wait_in_page(lambda: f"row {row}, col {col}" in readout.text, timeout=10, message="tile readout")
     assert "DAB-positive fraction of tissue" in readout.text
     ActionChains(browser).move_to_element(viewer).move_by_offset(3, 3).click().perform()
-    wait_for(lambda: "pinned" in readout.get_attribute("class"), timeout=10, message="pinned readout")
+    wait_in_page(lambda: "pinned" in readout.get_attribute("class"), timeout=10, message="pinned readout")
     assert js(browser, "return histoiaViewer.lastTile && histoiaViewer.lastTile.row") == row
 
     # Toggle the overlay off and on, then fade it.
@@ -106,7 +106,7 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
 
     # A view for the screenshot: zoomed in on the tissue, overlay on, a tile picked.
     js(browser, "const v = histoiaViewer.viewer; v.viewport.zoomTo(arguments[0] * 2.2, null, true);", home_zoom)
-    wait_for(lambda: fully_loaded(browser), timeout=30, message="tiles loaded for the screenshot")
+    wait_in_page(lambda: fully_loaded(browser), timeout=30, message="tiles loaded for the screenshot")
     ActionChains(browser).move_to_element(viewer).click().perform()
     screenshot(browser, "page-viewer")
 
