@@ -24,6 +24,22 @@ CMU_SLIDE = SLIDES / "cmu-1-small-region.svs"
 BROKEN_SLIDE = SLIDES / "broken.svs"
 ARTIFACTS = REPO / "test-artifacts"
 PASSWORD = "correct horse battery staple"
+# One line per fault scenario (tests/test_faults.py), printed at the end of the run so that CI's
+# log shows the counts without -s.
+FAULT_COUNTS = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def fault_counts(request) -> list:
+    return request.config.stash.setdefault(FAULT_COUNTS, [])
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = terminalreporter.config.stash.get(FAULT_COUNTS, [])
+    if lines:
+        terminalreporter.section("fault scenarios (tests/test_faults.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def wait_for(predicate, timeout=60.0, interval=0.2, message="condition"):

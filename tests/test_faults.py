@@ -84,7 +84,8 @@ def settle(predictions, workers, timeout=360):
         status__in=["succeeded", "partial", "failed", "cancelled"]))
 
 
-def counts(label, predictions, reference):
+def counts(label, predictions, reference, summary: list):
+    """Count the outcome of one scenario, print it, and keep it for the run's closing summary."""
     connection.close()
     rows = {"submitted": len(predictions), "succeeded": 0, "failed_with_reason": 0, "failed_without_reason": 0,
             "duplicates": 0, "lost": 0, "stuck": 0, "figures_differ": 0}
@@ -104,7 +105,9 @@ def counts(label, predictions, reference):
                     rows["lost"] += 1
                 elif run.metrics != reference[p.pipeline.name]:
                     rows["figures_differ"] += 1
-    print(f"\n[faults] {label}: " + ", ".join(f"{k}={v}" for k, v in rows.items()))
+    line = f"{label}: " + ", ".join(f"{k}={v}" for k, v in rows.items())
+    print(f"\n[faults] {line}")
+    summary.append(line)
     return rows
 
 
@@ -136,27 +139,27 @@ def wait_started(task_name, timeout=120):
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
-def test_sigkill_worker_mid_batch(kind, workers, pipelines, slides, reference):
+def test_sigkill_worker_mid_batch(kind, workers, pipelines, slides, reference, fault_counts):
     predictions = submit_round(pipelines, slides)
     wait_started(f"predictions.{kind}.tile_batch")
     workers.kill(kind)
     time.sleep(2)
     workers.start(kind)
     settle(predictions, workers)
-    assert_clean(counts(f"SIGKILL {kind} worker mid-batch", predictions, reference))
+    assert_clean(counts(f"SIGKILL {kind} worker mid-batch", predictions, reference, fault_counts))
 
 
-def test_rabbitmq_restart(workers, pipelines, slides, reference):
+def test_rabbitmq_restart(workers, pipelines, slides, reference, fault_counts):
     predictions = submit_round(pipelines, slides)
     wait_started("predictions.cpu.tile_batch")
     subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
     time.sleep(3)
     subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
     settle(predictions, workers)
-    assert_clean(counts("RabbitMQ restarted", predictions, reference))
+    assert_clean(counts("RabbitMQ restarted", predictions, reference, fault_counts))
 
 
-def test_postgresql_restart(workers, pipelines, slides, reference):
+def test_postgresql_restart(workers, pipelines, slides, reference, fault_counts):
     predictions = submit_round(pipelines, slides)
     wait_started("predictions.cpu.tile_batch")
     version = sorted(os.listdir("/etc/postgresql"))[-1]
@@ -164,10 +167,10 @@ def test_postgresql_restart(workers, pipelines, slides, reference):
                    check=True, capture_output=True, timeout=120)
     connection.close()
     settle(predictions, workers)
-    assert_clean(counts("PostgreSQL restarted", predictions, reference))
+    assert_clean(counts("PostgreSQL restarted", predictions, reference, fault_counts))
 
 
-def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery_workers):
+def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery_workers, fault_counts):
     """The web process holds no work: predictions submitted through it go on while it restarts."""
     import requests
 
@@ -199,7 +202,7 @@ def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery
         assert http.get(f"{base}/predictions/{predictions[0].pk}/").status_code == 200
     finally:
         os.killpg(web.pid, signal.SIGTERM)
-    assert_clean(counts("web process killed and restarted", predictions, reference))
+    assert_clean(counts("web process killed and restarted", predictions, reference, fault_counts))
 
 
 def _answers(url):
