@@ -205,7 +205,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Exchange bindings, so routing to the cpu/gpu queues and broadcasts (revoke) work.
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
-        "polling_interval": 0.2,
+        # A worker with prefetch 1 and late acks asks for its next message only once the last
+        # one is acknowledged, so every batch waits for a poll: keep that wait short. A poll
+        # lists one small folder.
+        "polling_interval": 0.05,
     }
 elif CELERY_BROKER_IS_AMQP:
     # Publisher confirms: a submit only returns once RabbitMQ has the message.

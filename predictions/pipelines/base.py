@@ -177,7 +177,14 @@ class Pipeline(ABC):
     # Tissue detection runs on an image of about this many µm per pixel (or this downsample).
     MASK_MPP = 8.0
     MASK_DOWNSAMPLE_NO_MPP = 16.0
+    # Tiles per batch task. A batch is sized by pixels (about BATCH_PIXELS, a few seconds of
+    # work), so that large slides are not cut into hundreds of sub-second tasks whose fixed cost
+    # (a message, a claim, the slide opened, a row written) would add up; but a slide keeps at
+    # least MIN_BATCHES batches when it has the tiles for them, so progress still moves in small
+    # steps, and a batch never has fewer than BATCH_SIZE tiles.
     BATCH_SIZE = 16
+    BATCH_PIXELS = 2**24
+    MIN_BATCHES = 20
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -227,8 +234,14 @@ class Pipeline(ABC):
                     tiles.append((r, c))
                     fractions.append(round(fraction, 4))
         plan = Plan(mpp, analysis_ds, tile_size, mask_ds, mask.shape, (rows, cols), tiles, fractions,
-                    batch_size=self.BATCH_SIZE)
+                    batch_size=self.batch_size(len(tiles), tile_size))
         return Prepared(plan, mask)
+
+    def batch_size(self, tiles: int, tile_size: int) -> int:
+        """Tiles per batch for a slide with this many tiles of this side (see BATCH_PIXELS)."""
+        by_pixels = max(1, self.BATCH_PIXELS // (tile_size * tile_size))
+        for_progress = max(self.BATCH_SIZE, math.ceil(tiles / self.MIN_BATCHES))
+        return max(self.BATCH_SIZE, min(by_pixels, for_progress))
 
     def analysis_resolution(self, params: dict, model: ModelSpec | None) -> tuple[float, int]:
         return params.get("analysis_mpp", self.MPP.default), params.get("tile_size", self.TILE_SIZE.default)
