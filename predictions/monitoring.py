@@ -3,12 +3,15 @@
 Used by the API (/api/v1/workers/), the pages and the stuck-prediction sweep. Every call is
 bounded: the broadcast to workers waits at most `timeout` seconds (one wait for all three
 questions, asked at once) and its answer is cached for a few seconds in Django's cache, so a
-page polling every second never queues broadcasts.
+page polling every second never queues broadcasts; pages and the API never wait for one once
+the process has had a first answer (see workers(wait=False)).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -24,22 +27,53 @@ QUEUE_NAMES = ("cpu", "gpu")
 WORKERS_CACHE_KEY = "histoia:monitoring:workers"
 DEPTHS_CACHE_KEY = "histoia:monitoring:queue-depths"
 WORKERS_CACHE_SECONDS = 5
+WORKERS_KEEP_SECONDS = 120     # an older answer is not shown: the page waits for a new one
 DEPTHS_CACHE_SECONDS = 2
 
 
-def workers(timeout: float = 1.0, use_cache: bool = True) -> list[dict]:
+def workers(timeout: float = 1.0, use_cache: bool = True, wait: bool = True) -> list[dict]:
     """The live workers: name, queues, pool size, tasks running now. [] when none answer.
 
     Each entry: {"name", "queues": [..], "concurrency", "active": [{"id", "name", "args",
     "started_at", "worker_pid"}], "processed", "pid", "uptime_s"}.
+
+    A broadcast waits its whole timeout (a busy solo gpu worker answers only between two
+    tasks), so pages pass wait=False: they get the last answer at once, however old (up to
+    WORKERS_KEEP_SECONDS), while one background thread of the process asks again.
     """
     if use_cache:
         cached = cache.get(WORKERS_CACHE_KEY)
         if cached is not None:
-            return cached
+            if time.time() - cached["at"] < WORKERS_CACHE_SECONDS:
+                return cached["workers"]
+            if not wait:
+                _refresh_in_background(timeout)
+                return cached["workers"]
+    return _refresh(timeout)
+
+
+def _refresh(timeout: float) -> list[dict]:
     result = _ask_workers(timeout)
-    cache.set(WORKERS_CACHE_KEY, result, WORKERS_CACHE_SECONDS)
+    cache.set(WORKERS_CACHE_KEY, {"at": time.time(), "workers": result}, WORKERS_KEEP_SECONDS)
     return result
+
+
+_refreshing = threading.Lock()
+
+
+def _refresh_in_background(timeout: float) -> None:
+    if not _refreshing.acquire(blocking=False):
+        return  # this process is already asking
+
+    def run():
+        try:
+            _refresh(timeout)
+        except Exception:
+            log.warning("could not refresh the list of workers", exc_info=True)
+        finally:
+            _refreshing.release()
+
+    threading.Thread(target=run, name="histoia-workers-refresh", daemon=True).start()
 
 
 def _ask_workers(timeout: float) -> list[dict]:
@@ -100,7 +134,7 @@ def active_task_ids(timeout: float = 1.0, use_cache: bool = True) -> set[str] | 
 
 def cached_concurrency(queue: str) -> int | None:
     """Worker processes serving `queue`, from the last cached answer only (never asks)."""
-    found = cache.get(WORKERS_CACHE_KEY)
+    found = (cache.get(WORKERS_CACHE_KEY) or {}).get("workers")
     if not found:
         return None
     total = sum(w["concurrency"] or 1 for w in found if queue in w["queues"])
@@ -160,9 +194,9 @@ def _amqp_depths() -> dict[str, int | None]:
     return depths
 
 
-def overview(timeout: float = 1.0) -> dict:
+def overview(timeout: float = 1.0, wait: bool = False) -> dict:
     """Workers and queues together, as the API and the monitoring page show them."""
-    found = workers(timeout=timeout)
+    found = workers(timeout=timeout, wait=wait)
     depths = queue_depths()
     queues = []
     for name in QUEUE_NAMES:

@@ -49,7 +49,7 @@ def _dashboard_context(request):
                   .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
                   .select_related("experiment", "pipeline", "triggered_by").order_by("-finished_at", "-pk")[:10])
     return {"running": running, "queued": queued, "recent": recent,
-            "workers": monitoring.workers(), "depths": monitoring.queue_depths()}
+            "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
 
 
 @require_GET

@@ -1,6 +1,7 @@
 """The dashboard: the queue in run order with positions and ETAs, and a bounded query count."""
 
 import re
+import time
 from datetime import timedelta
 
 import pytest
@@ -36,7 +37,7 @@ def pipelines(db):
 def no_broker_calls():
     # The dashboard reads workers and queue depths through a short cache; fill it so these page
     # tests measure the page's own queries, not a broadcast to workers.
-    cache.set(monitoring.WORKERS_CACHE_KEY, [], 60)
+    cache.set(monitoring.WORKERS_CACHE_KEY, {"at": time.time(), "workers": []}, 60)
     cache.set(monitoring.DEPTHS_CACHE_KEY, {"cpu": 0, "gpu": 0}, 60)
     yield
     cache.clear()

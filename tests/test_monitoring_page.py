@@ -1,11 +1,14 @@
 """The staff monitoring page: workers per queue from the real workers; staff only."""
 
+import time
+
 import pytest
 from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
 from predictions.models import Prediction, Status
+from tests.conftest import wait_for
 
 
 @pytest.mark.worker
@@ -24,3 +27,26 @@ def test_staff_see_each_queue_with_its_worker_and_recent_failures(workers, clien
 
 def test_lab_members_do_not_see_the_monitoring_page(alice_client):
     assert alice_client.get(reverse("predictions:monitoring")).status_code == 404
+
+
+@pytest.mark.worker
+def test_pages_get_the_last_answer_at_once_and_a_fresh_one_follows(workers):
+    """A broadcast waits its whole timeout; a page must not. It gets the previous answer (here a
+    worker that has gone away), and a background refresh replaces it with the live workers."""
+    from predictions import monitoring
+
+    cache.clear()
+    gone = [{"name": "cpu@gone", "queues": ["cpu"], "concurrency": 2, "active": [], "processed": 0,
+             "pid": 1, "uptime_s": 1}]
+    cache.set(monitoring.WORKERS_CACHE_KEY, {"at": time.time() - 60, "workers": gone}, 120)
+    assert monitoring.workers(wait=False) == gone   # answered from the old entry, without waiting
+
+    def refreshed():
+        names = {w["name"] for w in (cache.get(monitoring.WORKERS_CACHE_KEY) or {}).get("workers", [])}
+        return {workers.cpu_name, workers.gpu_name} <= names and "cpu@gone" not in names
+    wait_for(refreshed, timeout=30, message="the background refresh to find the live workers")
+
+    # With no earlier answer at all, the page asks (once) and shows the live workers.
+    cache.clear()
+    names = {w["name"] for w in monitoring.workers(wait=False)}
+    assert {workers.cpu_name, workers.gpu_name} <= names
