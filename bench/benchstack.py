@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import make_large_slide  # noqa: E402  (the other engineer's generator, reused)
+import make_large_slide  # noqa: E402  (the large-slide generator, reused)
 
 CMU_SLIDE = make_large_slide.CMU_SLIDE
 PASSWORD = "bench-password-not-secret"
@@ -79,6 +79,13 @@ def _gpu() -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return "none"
+
+
+def polling_interval() -> float:
+    """The filesystem broker's polling interval, as histoia/settings.py sets it."""
+    from django.conf import settings
+
+    return settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("polling_interval", 1.0)
 
 
 def loadavg() -> list[float]:
@@ -130,9 +137,10 @@ class Stack:
 
     @property
     def description(self) -> str:
+        """What the stack runs on (read once setup_django() has configured Django)."""
         if self.kind == "embedded":
             return (f"embedded (throw-away HISTOIA_VAR_DIR={self.var}: SQLite in WAL mode + kombu filesystem "
-                    f"broker, polling 0.2 s)")
+                    f"broker, polling {polling_interval()} s)")
         return (f"real (PostgreSQL database {REAL_DB_NAME} on 127.0.0.1, RabbitMQ vhost {REAL_VHOST} on 127.0.0.1; "
                 f"dedicated to the benchmark)")
 

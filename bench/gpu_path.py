@@ -118,9 +118,9 @@ def main(argv=None) -> int:
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
               "runs": [], "load_start": loadavg()}
     stack = Stack("gpu", args.stack, keep=args.keep)
-    report["stack_description"] = stack.description
     try:
         stack.setup_django()
+        report["stack_description"] = stack.description
         from predictions import engine
         from predictions.catalogue import register_demo_model
         from predictions.models import BatchResult, SlideRun

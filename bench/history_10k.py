@@ -144,10 +144,10 @@ def main(argv=None) -> int:
     report = {"command": benchstack.command_line("history_10k.py"), "machine": machine(), "predictions": n,
               "requests_per_variant": requests, "variants": [], "load_start": loadavg()}
     stack = Stack("history", args.stack, keep=args.keep)
-    report["stack_description"] = stack.description.replace(
-        "RabbitMQ vhost histoia-bench on 127.0.0.1", "no broker used")
     try:
         stack.setup_django()
+        report["stack_description"] = stack.description.replace(
+            "RabbitMQ vhost histoia-bench on 127.0.0.1", "no broker used")
         from django.db import connection
         from django.test import Client
 

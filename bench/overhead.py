@@ -90,9 +90,9 @@ def main(argv=None) -> int:
     report = {"command": benchstack.command_line("overhead.py"), "machine": machine(), "pipeline": args.pipeline,
               "slide": str(slide_path), "runs": [], "load_start": loadavg()}
     stack = Stack("overhead", args.stack, keep=args.keep)
-    report["stack_description"] = stack.description
     try:
         stack.setup_django()
+        report["stack_description"] = stack.description
 
         user, lab = stack.lab_user()
         experiment = stack.experiment(lab, user)

@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     report = {"command": benchstack.command_line("scaling.py"), "machine": machine(), "pipeline": args.pipeline,
               "slide": str(slide_path), "layout": args.layout, "configs": [], "load_start": loadavg()}
     stack = Stack("scaling", args.stack, keep=args.keep)
-    report["stack_description"] = stack.description
     try:
         stack.setup_django()
+        report["stack_description"] = stack.description
         user, lab = stack.lab_user()
         experiment = stack.experiment(lab, user)
         slide = stack.add_slide(experiment, slide_path)

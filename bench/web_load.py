@@ -176,9 +176,9 @@ def main(argv=None) -> int:
               "connections": args.connections, "seconds_per_endpoint": args.seconds, "phases": [],
               "load_start": loadavg()}
     stack = Stack("web", args.stack, keep=args.keep)
-    report["stack_description"] = stack.description
     try:
         stack.setup_django()
+        report["stack_description"] = stack.description
         from django.test import Client
         from rest_framework.authtoken.models import Token
 
