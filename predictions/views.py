@@ -39,6 +39,9 @@ def dashboard_live(request):
     return render(request, "predictions/_dashboard.html", _dashboard_context(request))
 
 
+QUEUE_SHOWN = 25
+
+
 def _dashboard_context(request):
     from . import monitoring
 
@@ -48,8 +51,9 @@ def _dashboard_context(request):
     recent = list(Prediction.objects.for_user(request.user)
                   .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
                   .select_related("experiment", "pipeline", "triggered_by").order_by("-finished_at", "-pk")[:10])
-    return {"running": running, "queued": queued, "recent": recent,
-            "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
+    # The next ones to run; the whole queue is on the history page (status: queued) and the API.
+    return {"running": running, "queued": queued[:QUEUE_SHOWN], "queued_more": max(0, len(queued) - QUEUE_SHOWN),
+            "recent": recent, "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
 
 
 @require_GET

@@ -102,3 +102,17 @@ def test_another_lab_sees_none_of_it(bob_client, pipelines, ready_slides, no_bro
     p = queue(pipelines, ready_slides, "urgent", django_capture_on_commit_callbacks)
     page = bob_client.get(reverse("predictions:dashboard")).content.decode()
     assert f'data-prediction="{p.pk}"' not in page and "Nothing is waiting" in page
+
+
+def test_a_long_queue_shows_the_next_ones_and_how_many_more(
+        alice_client, pipelines, ready_slides, no_broker_calls, django_capture_on_commit_callbacks, monkeypatch):
+    from predictions import views
+
+    monkeypatch.setattr(views, "QUEUE_SHOWN", 2)
+    first, second, third = (queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+                            for _ in range(3))
+    page = alice_client.get(reverse("predictions:dashboard")).content.decode()
+    rows = re.findall(r'data-prediction="(\d+)" data-position="(\d+)"', page)
+    assert rows == [(str(first.pk), "1"), (str(second.pk), "2")]
+    assert 'data-queued-more="1"' in page and "1 more waiting" in page
+    assert "?status=queued" in page
