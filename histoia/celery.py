@@ -77,3 +77,17 @@ def record_queued_task(sender=None, headers=None, body=None, routing_key=None, *
     from predictions.task_records import record_sent
 
     record_sent(headers or {}, routing_key)
+
+
+@signals.worker_init.connect
+def lower_worker_priority(**kwargs):
+    """Run tasks at a lower CPU priority than the web process (CELERY_WORKER_NICENESS).
+
+    Where web and workers share cores (make run, a single server), saturated workers would
+    otherwise slow every page; the pool's processes inherit the niceness from this one. On a
+    machine that runs workers alone it changes nothing.
+    """
+    from django.conf import settings
+
+    if settings.CELERY_WORKER_NICENESS:
+        os.nice(settings.CELERY_WORKER_NICENESS)

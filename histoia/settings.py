@@ -225,6 +225,8 @@ CELERY_CACHE_BACKEND = "default"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=None)
+# Worker processes run at this niceness (0-19), so the pages stay fast while every core computes.
+CELERY_WORKER_NICENESS = env.int("CELERY_WORKER_NICENESS", default=10)
 # Old task results are removed by Histo-IA's own scheduled task (predictions.cpu.expire_task_results,
 # TASK_RESULT_EXPIRE_DAYS below), which keeps rows of tasks still queued; None stops beat from also
 # installing celery.backend_cleanup, which would delete every row older than a day, queued or not.

@@ -51,3 +51,21 @@ def test_a_queued_task_is_a_visible_row_before_any_worker_takes_it(workers):
     workers.start("gpu")
     row = wait_for(_finished(result.id), message="queued gpu task after restart")
     assert row.status == states.SUCCESS and row.worker == workers.gpu_name
+
+
+def test_workers_compute_at_a_lower_priority_than_the_web_process(workers, settings):
+    """Saturated workers must not slow the pages: every worker process, pool children included,
+    runs at CELERY_WORKER_NICENESS, the web process (this one) at its own."""
+    import os
+    from pathlib import Path
+
+    def niceness(pid):
+        return os.getpriority(os.PRIO_PROCESS, pid)
+
+    for kind in ("cpu", "gpu"):
+        main = workers.procs[kind].pid
+        children = [int(c) for c in Path(f"/proc/{main}/task/{main}/children").read_text().split()]
+        if kind == "cpu":
+            assert len(children) == 2, "the prefork pool of two processes"
+        for pid in [main, *children]:
+            assert niceness(pid) == niceness(os.getpid()) + settings.CELERY_WORKER_NICENESS, (kind, pid)
