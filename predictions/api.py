@@ -6,6 +6,7 @@ results and files are 404 on every verb. Nothing here waits on Celery: submit an
 progress is read from the database.
 """
 
+from django.db.models import Prefetch
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -46,6 +47,10 @@ ACCEPTED_EXAMPLE = OpenApiExample(
 BAD_PARAM_EXAMPLE = OpenApiExample(
     "Bad parameter", response_only=True, status_codes=["400"],
     value={"params": ["Tile size (px) must be at most 2048; got 4096."]})
+
+# Slide runs as the prediction endpoints show them: not the plan, which lists every tile of the
+# slide and is polled for progress.
+RUNS_WITHOUT_PLAN = Prefetch("runs", queryset=SlideRun.objects.select_related("slide").defer("plan"))
 
 
 class PredictionAPIFilter(filters.FilterSet):
@@ -122,7 +127,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                     .select_related("experiment", "pipeline", "model", "triggered_by", "cancelled_by")
                     .order_by("-created_at", "-pk"))
         if self.action == "retrieve":
-            queryset = queryset.prefetch_related("runs__slide")
+            queryset = queryset.prefetch_related(RUNS_WITHOUT_PLAN)
         return queryset
 
     # results.csv and tiles.csv are routed in histoia/api_urls.py (paths ending in .csv, no slash).
@@ -145,7 +150,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         return PredictionDetailSerializer
 
     def _accepted(self, prediction):
-        prediction = self.get_queryset().prefetch_related("runs__slide").get(pk=prediction.pk)
+        prediction = self.get_queryset().prefetch_related(RUNS_WITHOUT_PLAN).get(pk=prediction.pk)
         data = PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["status_url"]})
 
@@ -180,7 +185,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
             engine.cancel(prediction, request.user)
         except engine.CancelError as exc:
             raise Conflict(str(exc)) from exc
-        prediction = self.get_queryset().prefetch_related("runs__slide").get(pk=prediction.pk)
+        prediction = self.get_queryset().prefetch_related(RUNS_WITHOUT_PLAN).get(pk=prediction.pk)
         return Response(PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data)
 
     @extend_schema(summary="Re-run a prediction (same pipeline, slides and parameters)", tags=["predictions"],

@@ -119,8 +119,11 @@ def _active_in_order():
     return list(
         Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
         .select_related("pipeline", "experiment")
-        # Slides too: the dashboard draws a bar per slide (a bounded number of queries).
-        .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk")))
+        # Slides too: the dashboard draws a bar per slide (a bounded number of queries). Only the
+        # progress columns: a run's plan lists every tile of its slide (megabytes of JSON on a
+        # large slide), far too much to decode on every refresh of the dashboard.
+        .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk").only(
+            "prediction_id", "status", "done_units", "total_units", "slide__original_name")))
         .annotate(
             _running=Case(When(status=Status.RUNNING, then=Value(0)), default=Value(1), output_field=IntegerField()),
             _urgent=Case(When(priority=Prediction.Priority.URGENT, then=Value(0)), default=Value(1),

@@ -159,7 +159,8 @@ def prediction_progress(request, pk):
 
 
 def _detail_context(prediction, with_plots=False):
-    runs = list(prediction.runs.select_related("slide").order_by("slide__original_name", "pk"))
+    # Not the plan: it lists every tile of the slide, and this page is polled while it runs.
+    runs = list(prediction.runs.select_related("slide").defer("plan").order_by("slide__original_name", "pk"))
     metric_names = []
     for run in runs:
         for key in (run.metrics or {}):
