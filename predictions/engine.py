@@ -18,8 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import socket
 import time
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -225,7 +227,7 @@ def prepare(run_id: int) -> None:
     with _failing_run(run, "prepare"):
         started = time.monotonic()
         if run.plan is None:  # not prepared yet (a redelivered prepare skips the work)
-            with SlideReader(run.slide.file.path) as reader:
+            with kept_open(run.slide.file.path) as reader:
                 prepared = code.prepare(reader, run.prediction.params, _model_spec(run.prediction))
             run.tissue_mask.name = _store(run, "tissue_mask.png", _png(_mask_image(prepared.mask)))
             run.plan = prepared.plan.to_json()
@@ -253,7 +255,7 @@ def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
     plan = Plan.from_json(run.plan)
     with _failing_run(run, f"tile batch {index + 1}"):
         started_at, started = timezone.now(), time.monotonic()
-        with SlideReader(run.slide.file.path) as reader:
+        with kept_open(run.slide.file.path) as reader:
             rows = code.process_tiles(reader, plan, plan.batches()[index], run.prediction.params,
                                       _model_spec(run.prediction))
         BatchResult.objects.update_or_create(run=run, index=index, defaults={
@@ -267,6 +269,38 @@ def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
     refresh_progress(run.prediction_id)
     if run.batches.count() == len(plan.batches()):
         _claim_aggregate(run)
+
+
+# The batches of one slide follow each other on a worker process: keep the last slide open, so
+# the file is not parsed again for every batch and OpenSlide's tile cache carries over (the
+# tiles of neighbouring batches share the scanner's compressed tiles, decoded once).
+_kept: tuple[tuple, SlideReader] | None = None
+
+
+@contextmanager
+def kept_open(path: str):
+    """The slide at `path`, opened once per process for as long as the file is unchanged."""
+    global _kept
+    try:
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None  # SlideReader says what is wrong
+    if _kept is None or key is None or _kept[0] != key:
+        forget_kept()
+        _kept = (key, SlideReader(path))
+    try:
+        yield _kept[1]
+    except BaseException:
+        forget_kept()  # a read that failed may have left the handle in any state
+        raise
+
+
+def forget_kept() -> None:
+    global _kept
+    if _kept is not None:
+        _kept[1].close()
+        _kept = None
 
 
 def _claim_aggregate(run: SlideRun) -> bool:
