@@ -15,6 +15,7 @@ Estimates are work ahead on the same queue divided by throughput; they are estim
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -95,18 +96,23 @@ def remaining_seconds(prediction: Prediction, rate: Throughput | None = None) ->
     """Work left in this prediction, in seconds of the queue serving it (all its processes)."""
     if prediction.is_final:
         return 0.0
-    rate = rate or throughput(prediction.pipeline)
+    runs = [(run.status, run.total_units, run.done_units) for run in _runs(prediction)]
+    return _remaining(runs, rate or throughput(prediction.pipeline), _parallelism)
+
+
+def _remaining(runs, rate: Throughput, parallelism) -> float:
+    """Seconds left for slide runs given as (status, total_units, done_units)."""
     tiles = overhead = 0.0
-    for run in _runs(prediction):
-        if run.status in (Status.SUCCEEDED, Status.FAILED, Status.PARTIAL, Status.CANCELLED):
+    for status, total_units, done_units in runs:
+        if status in (Status.SUCCEEDED, Status.FAILED, Status.PARTIAL, Status.CANCELLED):
             continue
-        if run.total_units <= 2 and run.done_units == 0:   # not prepared yet: the number of tiles is unknown
+        if total_units <= 2 and done_units == 0:   # not prepared yet: the number of tiles is unknown
             tiles += rate.tiles_per_slide
             overhead += rate.slide_overhead_seconds
         else:  # done_units counts prepare (1) and finished tiles; the last unit is aggregate
-            tiles += max(0, run.total_units - run.done_units - 1)
+            tiles += max(0, total_units - done_units - 1)
             overhead += rate.slide_overhead_seconds / 2
-    return tiles / rate.tiles_per_second / _parallelism(rate.queue) + overhead
+    return tiles / rate.tiles_per_second / parallelism(rate.queue) + overhead
 
 
 def _runs(prediction):
@@ -114,42 +120,55 @@ def _runs(prediction):
     return cached if cached is not None else prediction.runs.only("status", "total_units", "done_units")
 
 
+ACTIVE = [Status.QUEUED, Status.RUNNING]
+
+
 def _active_in_order():
-    """Every queued or running prediction (all labs), in the order they run."""
-    return list(
-        Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
-        .select_related("pipeline", "experiment")
-        # Slides too: the dashboard draws a bar per slide (a bounded number of queries). Only the
-        # progress columns: a run's plan lists every tile of its slide (megabytes of JSON on a
-        # large slide), far too much to decode on every refresh of the dashboard.
-        .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk").only(
-            "prediction_id", "status", "done_units", "total_units", "slide__original_name")))
-        .annotate(
-            _running=Case(When(status=Status.RUNNING, then=Value(0)), default=Value(1), output_field=IntegerField()),
-            _urgent=Case(When(priority=Prediction.Priority.URGENT, then=Value(0)), default=Value(1),
-                         output_field=IntegerField()),
-        )
-        .order_by("_running", "_urgent", "started_at", "created_at", "pk")
-    )
+    """(pk, status, pipeline_id) of every queued or running prediction (all labs), in the order
+    they run, and the progress of their slide runs: plain values, so that planning a queue of
+    thousands stays cheap; model objects are loaded only for what is shown (with_predictions)."""
+    order = (Prediction.objects.filter(status__in=ACTIVE)
+             .annotate(_running=Case(When(status=Status.RUNNING, then=Value(0)), default=Value(1),
+                                     output_field=IntegerField()),
+                       _urgent=Case(When(priority=Prediction.Priority.URGENT, then=Value(0)), default=Value(1),
+                                    output_field=IntegerField()))
+             .order_by("_running", "_urgent", "started_at", "created_at", "pk")
+             .values_list("pk", "status", "pipeline_id"))
+    rows = list(order)
+    runs = defaultdict(list)
+    for prediction_id, *progress in (SlideRun.objects.filter(prediction__status__in=ACTIVE)
+                                     .values_list("prediction_id", "status", "total_units", "done_units")):
+        runs[prediction_id].append(progress)
+    return rows, runs, Pipeline.objects.in_bulk({pipeline_id for _, _, pipeline_id in rows})
 
 
 def _plan():
     """pk -> entry for every active prediction: position, queue, ETA, estimate basis."""
+    rows, runs, pipelines = _active_in_order()
+    rates, parallel = {}, {}
+
+    def parallelism(queue):
+        if queue not in parallel:
+            parallel[queue] = _parallelism(queue)
+        return parallel[queue]
+
     entries, ahead, position = {}, {}, 0
-    for prediction in _active_in_order():
-        rate = throughput(prediction.pipeline)
-        own = remaining_seconds(prediction, rate)
+    for pk, status, pipeline_id in rows:
+        if pipeline_id not in rates:
+            rates[pipeline_id] = throughput(pipelines[pipeline_id])
+        rate = rates[pipeline_id]
+        own = _remaining(runs.get(pk, ()), rate, parallelism)
         queue = rate.queue
-        if prediction.status == Status.RUNNING:
+        if status == Status.RUNNING:
             eta, pos = own, 0
         else:
             position += 1
             eta, pos = ahead.get(queue, 0.0) + own, position
         ahead[queue] = ahead.get(queue, 0.0) + own
-        entries[prediction.pk] = {
-            "prediction": prediction,
+        entries[pk] = {
+            "pk": pk,
             "position": pos,
-            "status": prediction.status,
+            "status": status,
             "queue": queue,
             "eta_seconds": round(eta),
             "estimated_without_history": rate.no_history,
@@ -158,17 +177,39 @@ def _plan():
     return entries
 
 
-def waiting(user=None) -> list[dict]:
+def waiting(user=None, load: bool = True) -> list[dict]:
     """Queued and running predictions `user` may see (all when user is None), in run order.
 
-    Each entry: {"prediction", "position" (0 = running; 1 = next to start), "status", "queue",
-    "eta_seconds" (until it ends), "estimated_without_history", "throughput"}.
+    Each entry: {"pk", "position" (0 = running; 1 = next to start), "status", "queue",
+    "eta_seconds" (until it ends), "estimated_without_history", "throughput"}, and with `load`
+    "prediction", the model object (see with_predictions).
     """
-    entries = _plan()
-    if user is None:
-        return list(entries.values())
-    visible = set(Prediction.objects.for_user(user).filter(pk__in=list(entries)).values_list("pk", flat=True))
-    return [entry for pk, entry in entries.items() if pk in visible]
+    entries = list(_plan().values())
+    if user is not None:
+        visible = set(Prediction.objects.for_user(user).filter(pk__in=[e["pk"] for e in entries])
+                      .values_list("pk", flat=True))
+        entries = [e for e in entries if e["pk"] in visible]
+    return with_predictions(entries) if load else entries
+
+
+def with_predictions(entries: list[dict]) -> list[dict]:
+    """Set each entry's "prediction" (pipeline, experiment and slide runs loaded, in a bounded
+    number of queries); an entry whose prediction has gone since is left out."""
+    found = {p.pk: p for p in Prediction.objects.filter(pk__in=[e["pk"] for e in entries])
+             .select_related("pipeline", "experiment")
+             # Slides too: the dashboard draws a bar per slide. Only the progress columns: a run's
+             # plan lists every tile of its slide (megabytes of JSON on a large slide), far too
+             # much to decode on every refresh of the dashboard.
+             .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk").only(
+                 "prediction_id", "status", "done_units", "total_units", "slide__original_name")))}
+    for entry in entries:
+        entry["prediction"] = found.get(entry["pk"])
+    return [e for e in entries if e["prediction"] is not None]
+
+
+def entry(prediction_id: int) -> dict | None:
+    """The queue entry of one prediction (position, ETA...), None once it has ended."""
+    return _plan().get(prediction_id)
 
 
 def eta_seconds(prediction: Prediction) -> int | None:
@@ -181,5 +222,5 @@ def eta_seconds(prediction: Prediction) -> int | None:
         return None
     if prediction.status == Status.RUNNING:
         return round(remaining_seconds(prediction))
-    entry = _plan().get(prediction.pk)
-    return entry["eta_seconds"] if entry else None
+    found = entry(prediction.pk)
+    return found["eta_seconds"] if found else None

@@ -140,7 +140,7 @@ class PredictionDetailSerializer(PredictionSerializer):
         if obj.is_final:
             return None
         if not hasattr(obj, "_queue_entry"):
-            obj._queue_entry = next((e for e in queueing.waiting(None) if e["prediction"].pk == obj.pk), None)
+            obj._queue_entry = queueing.entry(obj.pk)
         return obj._queue_entry
 
     @extend_schema_field(OpenApiTypes.URI)

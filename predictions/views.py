@@ -45,14 +45,17 @@ QUEUE_SHOWN = 25
 def _dashboard_context(request):
     from . import monitoring
 
-    entries = queueing.waiting(request.user)
+    entries = queueing.waiting(request.user, load=False)
     running = [e for e in entries if e["status"] == Status.RUNNING]
     queued = [e for e in entries if e["status"] == Status.QUEUED]
+    shown = queueing.with_predictions(running + queued[:QUEUE_SHOWN])
+    queued_shown = [e for e in shown if e["status"] == Status.QUEUED]
+    running = [e for e in shown if e["status"] == Status.RUNNING]
     recent = list(Prediction.objects.for_user(request.user)
                   .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
                   .select_related("experiment", "pipeline", "triggered_by").order_by("-finished_at", "-pk")[:10])
     # The next ones to run; the whole queue is on the history page (status: queued) and the API.
-    return {"running": running, "queued": queued[:QUEUE_SHOWN], "queued_more": max(0, len(queued) - QUEUE_SHOWN),
+    return {"running": running, "queued": queued_shown, "queued_more": max(0, len(queued) - QUEUE_SHOWN),
             "recent": recent, "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
 
 
