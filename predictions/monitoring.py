@@ -52,13 +52,23 @@ def workers(timeout: float = 1.0, use_cache: bool = True, wait: bool = True) -> 
     return _refresh(timeout)
 
 
-def _refresh(timeout: float) -> list[dict]:
-    result = _ask_workers(timeout)
-    cache.set(WORKERS_CACHE_KEY, {"at": time.time(), "workers": result}, WORKERS_KEEP_SECONDS)
-    return result
-
-
+# One broadcast at a time per process. Each of the three questions holds a connection of the
+# broker pool and takes a second one to publish (kombu's producer pool draws from the same
+# pool), so a few request threads asking at once exhausted the pool (BROKER_POOL_LIMIT, 10) and
+# every one of them waited for a connection forever: the web process stopped answering.
+_asking = threading.Lock()
 _refreshing = threading.Lock()
+
+
+def _refresh(timeout: float) -> list[dict]:
+    wanted_after = time.time()
+    with _asking:
+        cached = cache.get(WORKERS_CACHE_KEY)
+        if cached is not None and cached["at"] >= wanted_after:
+            return cached["workers"]  # another thread asked while this one waited its turn
+        result = _ask_workers(timeout)
+        cache.set(WORKERS_CACHE_KEY, {"at": time.time(), "workers": result}, WORKERS_KEEP_SECONDS)
+        return result
 
 
 def _refresh_in_background(timeout: float) -> None:

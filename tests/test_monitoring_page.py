@@ -50,3 +50,26 @@ def test_pages_get_the_last_answer_at_once_and_a_fresh_one_follows(workers):
     cache.clear()
     names = {w["name"] for w in monitoring.workers(wait=False)}
     assert {workers.cpu_name, workers.gpu_name} <= names
+
+
+@pytest.mark.worker
+def test_many_threads_asking_at_once_all_get_an_answer(workers):
+    """A web process's threads asking for the workers at the same moment (a cold cache after a
+    restart) must all get an answer: asked in parallel, their broadcasts exhausted the broker's
+    connection pool and every thread waited forever."""
+    import threading
+
+    from predictions import monitoring
+
+    cache.clear()
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(monitoring.workers(use_cache=False)), daemon=True)
+               for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert len(answers) == 12, f"{12 - len(answers)} of 12 threads still waiting for the broker"
+    for found in answers:
+        assert {workers.cpu_name, workers.gpu_name} <= {w["name"] for w in found}
