@@ -43,7 +43,7 @@ demo: migrate
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo
 
 run: demo
-	@echo "Starting web (http://127.0.0.1:8000), cpu worker, gpu worker and beat. Ctrl-C stops them all."
+	@echo "Starting web (http://127.0.0.1:$${HISTOIA_PORT:-8000}), cpu worker, gpu worker and beat. Ctrl-C stops them all."
 	DEBUG=$${DEBUG:-1} PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
 
 # DEBUG=1 keeps the test client on plain http (no SSL redirect); Django's test runner still
