@@ -39,9 +39,8 @@ def log_in(browser, live_server, username, password=PASSWORD):
     browser.get(f"{live_server.url}/accounts/login/")
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    # click() does not wait for the navigation it starts: without this, the next get() can race
-    # the login POST and land wherever its redirect ends.
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+    # The next get() must not race the login POST and land wherever its redirect ends.
     wait_in_page(lambda: "/accounts/login/" not in browser.current_url
                  and browser.find_element(By.CSS_SELECTOR, "header .muted").text == username,
                  timeout=30, message=f"{username} logged in")
@@ -62,3 +61,25 @@ def wait_in_page(predicate, **kwargs):
             return False
 
     return wait_for(attempt, **kwargs)
+
+
+def click_through(browser, element, timeout=30):
+    """Click a link or a submit button and wait until the page it opens has loaded.
+
+    click() returns once the click is dispatched: reading the page before the next one has
+    loaded reads the old one (a CI run failed on exactly that, right after "Create").
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+
+    def next_page_loaded():
+        try:
+            old.tag_name  # still the old document
+            return False
+        except StaleElementReferenceException:
+            return browser.execute_script("return document.readyState") == "complete"
+
+    wait_for(next_page_loaded, timeout=timeout, message="the next page to load")

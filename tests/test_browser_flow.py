@@ -9,7 +9,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import chromium, log_in, screenshot, wait_in_page
+from tests.browser import chromium, click_through, log_in, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE
 
 pytestmark = pytest.mark.worker
@@ -26,25 +26,25 @@ def test_lab_member_runs_tissue_area_and_reads_the_figures(workers, pipelines, l
     log_in(browser, live_server, "alice")
     assert "Nothing is running" in browser.page_source  # the dashboard is the landing page
     screenshot(browser, "page-dashboard-empty")
-    browser.find_element(By.LINK_TEXT, "Experiments").click()
-    browser.find_element(By.LINK_TEXT, "New experiment").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, "Experiments"))
+    click_through(browser, browser.find_element(By.LINK_TEXT, "New experiment"))
     browser.find_element(By.NAME, "name").send_keys("Liver biopsies")
     browser.find_element(By.NAME, "description").send_keys("H&E, fibrosis staging")
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
     assert "Experiment “Liver biopsies” created" in browser.page_source
 
     browser.find_element(By.NAME, "files").send_keys(str(CMU_SLIDE))
-    browser.find_element(By.CSS_SELECTOR, ".add-slides button").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, ".add-slides button"))
     # The slide table refreshes itself until the worker has checked the slide.
     wait_in_page(lambda: "Ready" in browser.find_element(By.ID, "slides").text, timeout=60, message="slide ready")
     assert "2220 × 2967" in browser.page_source
     screenshot(browser, "page-experiment")
 
-    browser.find_element(By.LINK_TEXT, "Run a pipeline…").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, "Run a pipeline…"))
     Select(browser.find_element(By.NAME, "pipeline")).select_by_visible_text("Tissue area (tissue-area 1.0)")
     wait_in_page(lambda: "Otsu" in browser.page_source, message="pipeline description")
     screenshot(browser, "page-run-pipeline")
-    browser.find_element(By.CSS_SELECTOR, "button[name=submit]").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "button[name=submit]"))
 
     # Mark the document: if the page reloaded, the mark would be gone.
     browser.execute_script("window.__sameDocument = true;")

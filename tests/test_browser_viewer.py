@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from experiments import deepzoom
 from experiments.viewer import OPENSEADRAGON_JS
 from predictions import engine
-from tests.browser import chromium, log_in, screenshot, wait_in_page
+from tests.browser import chromium, click_through, log_in, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE, wait_final
 
 pytestmark = pytest.mark.worker
@@ -53,7 +53,7 @@ def test_viewer_zoom_overlay_and_tile_value(workers, pipelines, make_slide, live
 
     log_in(browser, live_server, "alice")
     browser.get(f"{live_server.url}{prediction.get_absolute_url()}")
-    browser.find_element(By.CSS_SELECTOR, f"figure[data-run='{run.pk}'] a[data-open-viewer]").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, f"figure[data-run='{run.pk}'] a[data-open-viewer]"))
     assert f"/experiments/slides/{slide.pk}/viewer/?run={run.pk}" in browser.current_url
     viewer = browser.find_element(By.ID, "viewer")
     wait_in_page(lambda: viewer.get_attribute("data-ready") in ("1", "failed"), timeout=30, message="viewer open")
