@@ -39,7 +39,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import benchstack  # noqa: E402
 import make_large_slide  # noqa: E402
 
 CMU_SLIDE = make_large_slide.CMU_SLIDE
@@ -63,32 +63,11 @@ TARGET_P95_MS = 50.0
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    """benchstack's description of the machine, with the platform and OpenSlide versions."""
     import openslide
 
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": mem, "python": platform.python_version(),
-            "platform": platform.platform(), "openslide": openslide.__library_version__,
-            "openslide_python": openslide.__version__}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return {**benchstack.machine(), "platform": platform.platform(),
+            "openslide": openslide.__library_version__, "openslide_python": openslide.__version__}
 
 
 # -- the throw-away app -------------------------------------------------------------------------
@@ -339,7 +318,7 @@ def main(argv=None) -> int:
     proc = None
     try:
         cookie, info = prepare_app(work, slides)
-        port = free_port()
+        port = benchstack.free_port()
         proc, server_cmd = start_server(work, args.server, port, args.workers, args.threads)
         report["server_command"] = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(server_cmd))
         for name, slide in info.items():
