@@ -197,6 +197,13 @@ class Stack:
 
             app.control.purge()   # the benchmark's own vhost only (CELERY_BROKER_URL above)
 
+    def benchmark_slides(self, slide_path: Path):
+        """A lab member, an experiment, the slide to measure and the small CMU slide (for the
+        untimed warm-up run), checked by the upload's own validation: (user, experiment, slide, warm)."""
+        user, lab = self.lab_user()
+        experiment = self.experiment(lab, user)
+        return user, experiment, self.add_slide(experiment, slide_path), self.add_slide(experiment, CMU_SLIDE)
+
     def lab_user(self, username="bench", lab_name="Bench lab"):
         from django.contrib.auth import get_user_model
 

@@ -125,10 +125,7 @@ def main(argv=None) -> int:
         from predictions.catalogue import register_demo_model
         from predictions.models import BatchResult, SlideRun
 
-        user, lab = stack.lab_user()
-        experiment = stack.experiment(lab, user)
-        slide = stack.add_slide(experiment, slide_path)
-        warm = stack.add_slide(experiment, benchstack.CMU_SLIDE)
+        user, experiment, slide, warm = stack.benchmark_slides(slide_path)
         report["slide_info"] = {"width": slide.width, "height": slide.height, "vendor": slide.vendor, "mpp": slide.mpp}
         register_demo_model(user)
         row = pipeline_row("tissue-classifier")

@@ -94,10 +94,7 @@ def main(argv=None) -> int:
         stack.setup_django()
         report["stack_description"] = stack.description
 
-        user, lab = stack.lab_user()
-        experiment = stack.experiment(lab, user)
-        slide = stack.add_slide(experiment, slide_path)
-        warm = stack.add_slide(experiment, benchstack.CMU_SLIDE)
+        user, experiment, slide, warm = stack.benchmark_slides(slide_path)
         row = pipeline_row(args.pipeline)
         code = row.code
         params = code.parse_params({})

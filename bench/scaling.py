@@ -66,10 +66,7 @@ def main(argv=None) -> int:
     try:
         stack.setup_django()
         report["stack_description"] = stack.description
-        user, lab = stack.lab_user()
-        experiment = stack.experiment(lab, user)
-        slide = stack.add_slide(experiment, slide_path)
-        warm = stack.add_slide(experiment, benchstack.CMU_SLIDE)
+        user, experiment, slide, warm = stack.benchmark_slides(slide_path)
         report["slide_info"] = {"width": slide.width, "height": slide.height, "vendor": slide.vendor}
         row = pipeline_row(args.pipeline)
         for n in counts:
