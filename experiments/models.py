@@ -30,10 +30,21 @@ class ExperimentQuerySet(models.QuerySet):
         return self.filter(lab__members=user)
 
 
+class Stain(models.TextChoices):
+    """What a slide is stained with. Unknown ("") means: estimate it from the slide and say so."""
+
+    UNKNOWN = "", "Not declared (estimated from each slide)"
+    HE = "he", "H&E (hematoxylin and eosin)"
+    HDAB = "hdab", "IHC: hematoxylin and DAB"
+    OTHER = "other", "Other stain"
+
+
 class Experiment(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     notes = models.TextField(blank=True)
+    stain = models.CharField(max_length=10, choices=Stain.choices, default=Stain.UNKNOWN, blank=True,
+                             help_text="The stain of the experiment's slides; a slide can say otherwise.")
     lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="experiments")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -106,6 +117,8 @@ class Slide(models.Model):
     mpp = models.FloatField("µm per pixel", null=True, blank=True)
     objective_power = models.FloatField(null=True, blank=True)
     thumbnail = models.ImageField(upload_to=thumbnail_path, max_length=300, blank=True)
+    stain = models.CharField(max_length=10, choices=Stain.choices, default=Stain.UNKNOWN, blank=True,
+                             help_text="Leave empty to use the experiment's stain.")
 
     created_at = models.DateTimeField(auto_now_add=True)
     validated_at = models.DateTimeField(null=True, blank=True)
@@ -121,6 +134,11 @@ class Slide(models.Model):
     @property
     def is_ready(self):
         return self.status == self.Status.READY
+
+    @property
+    def effective_stain(self) -> str:
+        """The slide's own stain if set, else its experiment's; "" when neither declares one."""
+        return self.stain or self.experiment.stain
 
     @property
     def mpp_missing(self):

@@ -65,6 +65,19 @@ class RegisteredModel(models.Model):
     std = models.JSONField(default=list, help_text="Per-channel RGB standard deviation in [0, 1].")
     class_names = models.JSONField(default=list, help_text='Output classes in order, e.g. ["background", "tumour"].')
     description = models.TextField(blank=True, help_text="What it was trained on and what it is for.")
+    # The model card: what a histologist needs to judge the model's figures (shown on the
+    # pipeline form, in every prediction's provenance and in the API).
+    trained_on = models.TextField(blank=True, help_text="The data it was trained on: tissues, stains, "
+                                  "scanners, number of slides, how the labels were made.")
+    label_meanings = models.JSONField(default=dict, blank=True,
+                                      help_text='What each class means, e.g. {"tumour": "invasive carcinoma"}.')
+    stain_normalisation = models.CharField(max_length=200, blank=True,
+                                           help_text="Stain normalisation the model expects, e.g. "
+                                           "\"none\" or \"Macenko to reference H&E\".")
+    validation = models.TextField(blank=True, help_text="Its validation metric and on what data "
+                                  "(e.g. \"balanced accuracy 0.91 on 40 held-out slides of lab X\").")
+    not_for_diagnosis = models.BooleanField(default=False, help_text="A demonstration or research model: "
+                                            "its outputs are marked \"not for diagnosis\" everywhere.")
     enabled = models.BooleanField(default=True)
     registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                                       blank=True, related_name="+")
@@ -87,6 +100,17 @@ class RegisteredModel(models.Model):
             self.file.seek(0)
             self.sha256 = digest.hexdigest()
         super().save(*args, **kwargs)
+
+    def card(self) -> dict:
+        """The model card as shown to users (pipeline form, provenance, API)."""
+        return {
+            "name": self.name, "version": self.version, "sha256": self.sha256,
+            "description": self.description, "trained_on": self.trained_on,
+            "classes": [{"name": n, "meaning": (self.label_meanings or {}).get(n, "")} for n in self.class_names],
+            "mpp": self.mpp, "tile_size": self.tile_size, "mean": self.mean, "std": self.std,
+            "stain_normalisation": self.stain_normalisation, "validation": self.validation,
+            "not_for_diagnosis": self.not_for_diagnosis,
+        }
 
     def spec(self):
         from .pipelines import ModelSpec
@@ -198,6 +222,7 @@ class Prediction(models.Model):
             "pipeline": self.pipeline.name,
             "pipeline_version": self.pipeline.version,
             "model": str(self.model) if self.model else None,
+            "model_card": self.model.card() if self.model else None,
             "model_sha256": self.model_sha256 or None,
             "params": self.params,
             "software_version": self.software_version,
@@ -228,6 +253,11 @@ class SlideRun(models.Model):
     metrics = models.JSONField(null=True, blank=True)
     images = models.JSONField(default=dict, blank=True)   # name -> {"path": ..., "legend": ...}
     tile_table = models.FileField(upload_to=result_path, max_length=300, blank=True)
+    # The stain declared for the slide when the prediction was submitted ("" = estimate it).
+    declared_stain = models.CharField(max_length=10, blank=True)
+    # Per-object detections of the whole slide (e.g. nuclei), a compact .npy file written by
+    # aggregate from the batches' files; see predictions/detections.py.
+    detections = models.FileField(upload_to=result_path, max_length=300, blank=True)
 
     done_units = models.PositiveIntegerField(default=0)
     total_units = models.PositiveIntegerField(default=0)
