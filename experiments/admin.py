@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Experiment, Lab, Slide
+from .models import Experiment, Lab, Slide, Stain
 
 
 @admin.register(Lab)
@@ -20,8 +20,8 @@ class LabAdmin(admin.ModelAdmin):
 
 class SlideInline(admin.TabularInline):
     model = Slide
-    fields = ["original_name", "status", "vendor", "width", "height", "mpp", "error"]
-    readonly_fields = fields
+    fields = ["original_name", "status", "vendor", "width", "height", "mpp", "stain", "error"]
+    readonly_fields = [f for f in fields if f != "stain"]  # a slide's own stain can be set here
     extra = 0
     show_change_link = True
     can_delete = False
@@ -29,8 +29,9 @@ class SlideInline(admin.TabularInline):
 
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
-    list_display = ["name", "lab", "created_by", "created_at", "updated_at"]
-    list_filter = ["lab", "created_at"]
+    list_display = ["name", "lab", "stain", "created_by", "created_at", "updated_at"]
+    list_filter = ["lab", "stain", "created_at"]
+    fields = ["lab", "name", "description", "stain", "notes", "created_by"]
     search_fields = ["name", "description", "notes", "lab__name", "created_by__username"]
     date_hierarchy = "created_at"
     autocomplete_fields = ["lab"]
@@ -41,8 +42,8 @@ class ExperimentAdmin(admin.ModelAdmin):
 @admin.register(Slide)
 class SlideAdmin(admin.ModelAdmin):
     list_display = ["original_name", "experiment", "lab", "status", "vendor", "dimensions",
-                    "mpp", "size_bytes", "created_at"]
-    list_filter = ["status", "vendor", "source", "experiment__lab"]
+                    "mpp", "stain", "effective_stain", "size_bytes", "created_at"]
+    list_filter = ["status", "vendor", "source", "stain", "experiment__stain", "experiment__lab"]
     search_fields = ["original_name", "sha256", "experiment__name", "experiment__lab__name"]
     list_select_related = ["experiment__lab"]
     date_hierarchy = "created_at"
@@ -54,6 +55,11 @@ class SlideAdmin(admin.ModelAdmin):
     @admin.display(ordering="experiment__lab__name")
     def lab(self, slide):
         return slide.experiment.lab
+
+    @admin.display(description="stain used")
+    def effective_stain(self, slide):
+        value = slide.effective_stain
+        return Stain(value).label if value else "not declared"
 
     @admin.display(description="size (px)")
     def dimensions(self, slide):

@@ -57,9 +57,10 @@ class SlideFilter(filters.FilterSet):
         summary="Create an experiment", tags=["experiments"],
         responses={201: ExperimentSerializer, 400: FIELD_ERRORS},
         examples=[OpenApiExample("New experiment", request_only=True,
-                                 value={"lab": 1, "name": "Liver fibrosis, batch 7", "description": "Sirius red"})],
+                                 value={"lab": 1, "name": "Liver fibrosis, batch 7", "description": "Ki-67",
+                                        "stain": "hdab"})],
     ),
-    partial_update=extend_schema(summary="Rename or describe an experiment", tags=["experiments"],
+    partial_update=extend_schema(summary="Rename, describe or declare the stain of an experiment", tags=["experiments"],
                                  responses={200: ExperimentSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND}),
 )
 class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
@@ -156,17 +157,27 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     list=extend_schema(summary="Your labs' slides", tags=["slides"]),
     retrieve=extend_schema(summary="One slide: status, error, metadata", tags=["slides"],
                            responses={200: SlideSerializer, 404: NOT_FOUND}),
+    partial_update=extend_schema(
+        summary="Declare a slide's stain", tags=["slides"],
+        description="Only `stain` changes: `he`, `hdab`, `other`, or empty to use the experiment's stain. "
+                    "`effective_stain` is then the stain pipelines use.",
+        responses={200: SlideSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND},
+        examples=[OpenApiExample("IHC slide", request_only=True, value={"stain": "hdab"})],
+    ),
 )
-class SlideViewSet(viewsets.ReadOnlyModelViewSet):
+class SlideViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+                   viewsets.GenericViewSet):
     serializer_class = SlideSerializer
     filterset_class = SlideFilter
+    http_method_names = ["get", "patch", "head", "options"]
 
     def filter_queryset(self, queryset):
         # Filters apply to the listing only, never to finding one object.
         return super().filter_queryset(queryset) if self.action == "list" else queryset
 
     def get_queryset(self):
-        return Slide.objects.for_user(self.request.user).select_related("uploaded_by").order_by("-created_at", "-pk")
+        return (Slide.objects.for_user(self.request.user).select_related("uploaded_by", "experiment")
+                .order_by("-created_at", "-pk"))
 
     @extend_schema(summary="The slide's thumbnail (PNG)", tags=["slides"],
                    responses={(200, "image/png"): OpenApiTypes.BINARY, 404: NOT_FOUND})

@@ -5,7 +5,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Experiment, Lab, Slide
+from .models import Experiment, Lab, Slide, Stain
+
+STAIN_VALUES = ", ".join(f"“{value}” ({label})" for value, label in Stain.choices)
+
+
+def stain_field(help_text):
+    """The stain as a choice, with a 400 that lists what is accepted."""
+    return serializers.ChoiceField(
+        choices=Stain.choices, required=False, allow_blank=True, help_text=help_text,
+        error_messages={"invalid_choice": f"“{{input}}” is not a stain Histo-IA knows. Use one of: {STAIN_VALUES}."})
 
 
 class LabSerializer(serializers.ModelSerializer):
@@ -29,6 +38,8 @@ class ExperimentSerializer(serializers.ModelSerializer):
     lab = UserLabs(required=False, help_text="Id of one of your labs; may be left out when you belong to one lab only.")
     lab_name = serializers.CharField(source="lab.name", read_only=True)
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    stain = stain_field("The stain of the experiment's slides: he (H&E), hdab (IHC hematoxylin-DAB), other, or "
+                        "empty: not declared, estimated from each slide. A slide can say otherwise.")
     slide_count = serializers.IntegerField(read_only=True)
     ready_slide_count = serializers.IntegerField(read_only=True)
     slides_url = serializers.SerializerMethodField()
@@ -36,7 +47,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Experiment
-        fields = ["id", "url", "name", "description", "notes", "lab", "lab_name", "created_by", "created_at",
+        fields = ["id", "url", "name", "description", "notes", "stain", "lab", "lab_name", "created_by", "created_at",
                   "updated_at", "slide_count", "ready_slide_count", "slides_url", "page_url"]
         read_only_fields = ["created_at", "updated_at"]
         # The name is checked per lab in validate(), with a message that says so.
@@ -78,13 +89,19 @@ class SlideSerializer(serializers.ModelSerializer):
     uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     mpp_missing = serializers.BooleanField(read_only=True)
     thumbnail_url = serializers.SerializerMethodField()
+    stain = stain_field("The slide's own stain (he, hdab, other); empty: as its experiment. The only field "
+                        "a PATCH changes.")
+    effective_stain = serializers.ChoiceField(
+        choices=Stain.choices, read_only=True,
+        help_text="The stain pipelines use: the slide's own, else its experiment's; empty when neither declares one.")
 
     class Meta:
         model = Slide
         fields = ["id", "url", "experiment", "original_name", "source", "import_path", "status", "error", "sha256",
                   "size_bytes", "vendor", "width", "height", "level_count", "mpp", "mpp_missing",
-                  "objective_power", "thumbnail_url", "uploaded_by", "created_at", "validated_at"]
-        read_only_fields = fields
+                  "objective_power", "stain", "effective_stain", "thumbnail_url", "uploaded_by", "created_at",
+                  "validated_at"]
+        read_only_fields = [f for f in fields if f != "stain"]
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_thumbnail_url(self, obj):

@@ -11,8 +11,8 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from . import uploads
-from .forms import ExperimentForm
-from .models import Experiment, Lab, Slide
+from .forms import ExperimentForm, SlideStainForm
+from .models import Experiment, Lab, Slide, Stain
 from .services import add_import, add_upload
 
 
@@ -47,6 +47,18 @@ def _experiment(request, pk):
     return get_object_or_404(Experiment.objects.for_user(request.user).select_related("lab"), pk=pk)
 
 
+def experiment_edit(request, pk):
+    """Rename, describe or declare the stain of an experiment of one of the user's labs."""
+    experiment = _experiment(request, pk)
+    saved_name = experiment.name  # the form writes what was typed onto the instance, valid or not
+    form = ExperimentForm(request.POST or None, instance=experiment, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"Experiment “{experiment.name}” saved.")
+        return redirect(experiment)
+    return render(request, "experiments/create.html", {"form": form, "editing": experiment, "saved_name": saved_name})
+
+
 @require_GET
 def experiment_detail(request, pk):
     experiment = _experiment(request, pk)
@@ -67,6 +79,12 @@ def experiment_slides(request, pk):
 
 def _slide_table(experiment):
     slides = list(experiment.slides.all())
+    for slide in slides:
+        # What the table shows: the stain pipelines will use, and where it comes from.
+        effective = slide.effective_stain
+        slide.stain_label = Stain(effective).label if effective else "Not declared"
+        slide.stain_source = "slide" if slide.stain else ("experiment" if experiment.stain else "")
+        slide.stain_form = SlideStainForm(instance=slide, auto_id=f"id_slide{slide.pk}_%s")
     return {
         "experiment": experiment,
         "slides": slides,
@@ -122,6 +140,23 @@ def slide_import(request, pk):
         "experiment": experiment, "entries": entries, "folder": current,
         "parent": parent, "error": error,
     }, status=200 if error is None else 400)
+
+
+@csrf_protect
+@require_POST
+def slide_stain(request, pk):
+    """Set (or clear, back to the experiment's) the stain of one slide of the user's labs."""
+    slide = get_object_or_404(Slide.objects.for_user(request.user).select_related("experiment"), pk=pk)
+    form = SlideStainForm(request.POST, instance=slide)
+    if form.is_valid():
+        form.save()
+        effective = slide.effective_stain
+        shown = Stain(effective).label if effective else "not declared (estimated from the slide)"
+        messages.success(request, f"{slide.original_name}: stain {shown}"
+                                  f"{'' if slide.stain else ', as the experiment'}.")
+    else:
+        messages.error(request, f"{slide.original_name}: {' '.join(form.errors.get('stain', []))}")
+    return redirect(slide.experiment)
 
 
 @require_GET
