@@ -91,9 +91,9 @@ class SlideSerializer(serializers.ModelSerializer):
     thumbnail_url = serializers.SerializerMethodField()
     stain = stain_field("The slide's own stain (he, hdab, other); empty: as its experiment. The only field "
                         "a PATCH changes.")
-    effective_stain = serializers.ChoiceField(
-        choices=Stain.choices, read_only=True,
-        help_text="The stain pipelines use: the slide's own, else its experiment's; empty when neither declares one.")
+    effective_stain = serializers.CharField(
+        read_only=True, help_text="The stain pipelines use: the slide's own, else its experiment's (he, hdab or "
+                                  "other); empty when neither declares one.")
 
     class Meta:
         model = Slide

@@ -191,3 +191,12 @@ def test_admin_lists_filters_and_edits_the_stain(admin_client, experiment, slide
     slides = admin_client.get("/admin/experiments/slide/?experiment__stain=hdab").content.decode()
     assert "case-01.svs" in slides
     assert 'name="stain"' in admin_client.get(f"/admin/experiments/slide/{slide.pk}/change/").content.decode()
+
+
+def test_stain_pages_need_a_login(client, slide, experiment):
+    for response in (client.get(f"/experiments/{experiment.pk}/edit/"),
+                     client.post(f"/experiments/slides/{slide.pk}/stain/", {"stain": "he"})):
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    assert APIClient().patch(f"{API}/slides/{slide.pk}/", {"stain": "he"}, format="json").status_code == 401
+    slide.refresh_from_db()
+    assert slide.stain == ""
