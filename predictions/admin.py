@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import Count
 
 from . import engine
+from .forms import RegisteredModelAdminForm
 from .models import BatchResult, Pipeline, Prediction, RegisteredModel, SlideRun
 
 
@@ -26,10 +27,22 @@ class PipelineAdmin(admin.ModelAdmin):
 
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "version", "enabled", "tile_size", "mpp", "class_list", "short_sha", "created_at"]
-    list_filter = ["enabled", "name"]
-    search_fields = ["name", "version", "sha256", "description"]
+    form = RegisteredModelAdminForm
+    list_display = ["name", "version", "enabled", "not_for_diagnosis", "tile_size", "mpp", "class_list", "short_sha",
+                    "created_at"]
+    list_filter = ["enabled", "not_for_diagnosis", "name"]
+    search_fields = ["name", "version", "sha256", "description", "trained_on", "validation"]
     readonly_fields = ["sha256", "registered_by", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "version", "file", "sha256", "enabled", "registered_by", "created_at"]}),
+        ("Input", {"fields": ["tile_size", "mpp", "mean", "std", "class_names"],
+                   "description": "What the model takes and gives: tiles of this size at this resolution, "
+                                  "normalised with mean/std, and its output classes in order."}),
+        ("Model card", {"fields": ["description", "trained_on", "label_meanings", "stain_normalisation",
+                                   "validation", "not_for_diagnosis"],
+                        "description": "Shown on the run-a-pipeline page, in every prediction's provenance and in "
+                                       "the API, so users can judge the figures the model gives."}),
+    ]
 
     @admin.display(description="classes")
     def class_list(self, obj):

@@ -1,10 +1,10 @@
-"""The run-a-pipeline form, built from the pipeline's declared parameters."""
+"""The run-a-pipeline form, built from the pipeline's declared parameters; the admin's registered-model form."""
 
 from django import forms
 
 from experiments.models import Slide
 
-from .models import Prediction
+from .models import Prediction, RegisteredModel
 from .pipelines import ParamError
 
 
@@ -55,4 +55,31 @@ class PredictionForm(forms.Form):
                 data["params"] = self.pipeline.code.parse_params(params)
             except ParamError as exc:
                 raise forms.ValidationError(str(exc)) from exc
+        return data
+
+
+class RegisteredModelAdminForm(forms.ModelForm):
+    """The admin's form for a registered model: the card's class meanings must name its classes."""
+
+    class Meta:
+        model = RegisteredModel
+        fields = "__all__"
+        widgets = {
+            "trained_on": forms.Textarea(attrs={"rows": 3}),
+            "validation": forms.Textarea(attrs={"rows": 2}),
+        }
+
+    def clean(self):
+        data = super().clean()
+        classes, meanings = data.get("class_names"), data.get("label_meanings")
+        if meanings in (None, ""):
+            data["label_meanings"] = meanings = {}
+        if not isinstance(meanings, dict) or not all(isinstance(v, str) for v in meanings.values()):
+            self.add_error("label_meanings", 'Give an object of class name to meaning, e.g. {"tumour": "invasive '
+                                             'carcinoma"}.')
+        elif isinstance(classes, list):
+            unknown = [name for name in meanings if name not in classes]
+            if unknown:
+                self.add_error("label_meanings", f"Not classes of this model: {', '.join(unknown)}. "
+                                                 f"Its classes: {', '.join(map(str, classes))}.")
         return data

@@ -37,11 +37,30 @@ def params_json_schema(pipeline: Pipeline) -> dict:
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
-class RegisteredModelSerializer(serializers.ModelSerializer):
+class ModelClassSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    meaning = serializers.CharField(help_text="What the class means, as the model's card says; may be empty.")
+
+
+class ModelCardSerializer(serializers.ModelSerializer):
+    """A registered model with its card: RegisteredModel.card(), plus its id."""
+
+    classes = serializers.SerializerMethodField(help_text="Output classes in order, each with its meaning.")
+
     class Meta:
         model = RegisteredModel
-        fields = ["id", "name", "version", "sha256", "tile_size", "mpp", "mean", "std", "class_names",
-                  "description", "enabled", "created_at"]
+        fields = ["id", "name", "version", "sha256", "description", "trained_on", "classes", "mpp", "tile_size",
+                  "mean", "std", "stain_normalisation", "validation", "not_for_diagnosis"]
+        read_only_fields = fields
+
+    @extend_schema_field(ModelClassSerializer(many=True))
+    def get_classes(self, obj):
+        return obj.card()["classes"]
+
+
+class RegisteredModelSerializer(ModelCardSerializer):
+    class Meta(ModelCardSerializer.Meta):
+        fields = ModelCardSerializer.Meta.fields + ["class_names", "label_meanings", "enabled", "created_at"]
         read_only_fields = fields
 
 
@@ -58,7 +77,8 @@ class PipelineSerializer(serializers.ModelSerializer):
                                    help_text="The parameters as declared: name, type, default, help, min, max, choices.")
     params_schema = serializers.SerializerMethodField(help_text="The parameters as a JSON Schema object.")
     current = serializers.SerializerMethodField(help_text="Whether new work of this name uses this version.")
-    model = serializers.SerializerMethodField(help_text="The registered model new predictions use (model pipelines).")
+    model = serializers.SerializerMethodField(
+        help_text="The registered model new predictions use (model pipelines), with its model card.")
 
     class Meta:
         model = Pipeline
@@ -75,12 +95,12 @@ class PipelineSerializer(serializers.ModelSerializer):
         current = current_pipeline(obj.name)
         return current is not None and current.pk == obj.pk
 
-    @extend_schema_field(ModelRefSerializer(allow_null=True))
+    @extend_schema_field(ModelCardSerializer(allow_null=True))
     def get_model(self, obj):
         from . import engine
 
         model = engine.current_model(obj.model_name) if obj.model_name else None
-        return ModelRefSerializer(model).data if model else None
+        return ModelCardSerializer(model).data if model else None
 
 
 class SlideRunSerializer(serializers.ModelSerializer):
@@ -128,7 +148,10 @@ class PredictionDetailSerializer(PredictionSerializer):
     queue_position = serializers.SerializerMethodField(
         help_text="Queued: 1 = next to start. Running: 0. Ended: null.")
     eta_seconds = serializers.SerializerMethodField(help_text="Estimated seconds until it ends; null once ended.")
-    provenance = serializers.SerializerMethodField()
+    provenance = serializers.SerializerMethodField(
+        help_text="Pipeline and version, model, model sha256, parameters, software version, trigger and times; "
+                  "`model_card` is the model's card (trained on, classes and their meanings, µm/px, stain "
+                  "normalisation, validation, not_for_diagnosis), null without a model.")
     links = serializers.SerializerMethodField()
 
     class Meta(PredictionSerializer.Meta):

@@ -143,8 +143,11 @@ def prediction_new(request, experiment_pk):
         else:
             messages.success(request, f"{pipeline.title} queued on {prediction.runs.count()} slide(s).")
             return redirect(prediction)
+    # For a model pipeline: the card of the model a prediction submitted now will use.
+    model = engine.current_model(pipeline.model_name) if pipeline.model_name else None
     return render(request, "predictions/new.html", {
         "experiment": experiment, "pipelines": pipelines, "pipeline": pipeline, "form": form,
+        "model_card": model.card() if model else None,
     })
 
 
