@@ -31,20 +31,41 @@ def sync_pipelines(**kwargs) -> None:
             Pipeline.objects.filter(pk=row.pk).update(installed=False)
 
 
+def demo_model_card(meta: dict) -> dict:
+    """The demo model's card fields, from model.json (README.md's top when it has no description)."""
+    return {
+        "description": meta.get("description") or (DEMO_MODEL_DIR / "README.md").read_text()[:4000],
+        "trained_on": meta.get("trained_on", ""),
+        "label_meanings": meta.get("label_meanings", {}),
+        "stain_normalisation": meta.get("stain_normalisation", ""),
+        "validation": meta.get("validation", ""),
+        "not_for_diagnosis": bool(meta.get("not_for_diagnosis", False)),
+    }
+
+
 def register_demo_model(user=None):
-    """Register the shipped demo tile classifier once; returns the row."""
+    """Register the shipped demo tile classifier once; returns the row.
+
+    A row already registered under the same name and version keeps its file, sha256 and enabled
+    flag, but its model card is brought up to date with model.json, so existing installs say
+    what the demo model is.
+    """
     from .models import RegisteredModel
 
     meta = json.loads((DEMO_MODEL_DIR / "model.json").read_text())
+    card = demo_model_card(meta)
     existing = RegisteredModel.objects.filter(name=meta["name"], version=meta["version"]).first()
     if existing:
+        changed = [name for name, value in card.items() if getattr(existing, name) != value]
+        if changed:
+            for name in changed:
+                setattr(existing, name, card[name])
+            existing.save(update_fields=changed)
         return existing
-    description = meta.get("description") or (DEMO_MODEL_DIR / "README.md").read_text()[:4000]
     with open(DEMO_MODEL_DIR / "tissue_classifier_demo.pt", "rb") as fh:
         model = RegisteredModel(
             name=meta["name"], version=meta["version"], tile_size=meta["tile_size"], mpp=meta["mpp"],
-            mean=meta["mean"], std=meta["std"], class_names=meta["class_names"],
-            description=description, registered_by=user,
+            mean=meta["mean"], std=meta["std"], class_names=meta["class_names"], registered_by=user, **card,
         )
         model.file.save("tissue_classifier_demo.pt", File(fh), save=False)
         model.save()
