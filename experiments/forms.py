@@ -52,6 +52,7 @@ class SlideStainForm(forms.ModelForm):
         self.fields["stain"].choices = [("", f"As the experiment ({inherited})"),
                                         *[(v, label) for v, label in Stain.choices if v]]
         self.fields["stain"].label = "Stain of this slide"
+        self.fields["stain"].help_text = ""  # the table says where an empty choice leads
         self.fields["stain"].widget.attrs["aria-label"] = f"Stain of {self.instance.original_name}"
 
 
