@@ -190,11 +190,15 @@ class SlideReader:
             rgb = rgba[..., :3].astype(np.uint8, copy=True)
             rgb[rgba[..., 3] == 0] = 255
             return rgb
+        # Past the image's edge is glass (white), as OpenSlide's transparent pixels are made
+        # above: Pillow's crop would pad with black, i.e. the darkest possible tissue.
         x, y = location
         w, h = size
         out = np.full((h, w, 3), 255, dtype=np.uint8)
-        crop = np.asarray(self._image.crop((x, y, x + w, y + h)))
-        out[: crop.shape[0], : crop.shape[1]] = crop[: h, : w]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, self.info.width), min(y + h, self.info.height)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y: y1 - y, x0 - x: x1 - x] = np.asarray(self._image.crop((x0, y0, x1, y1)))
         return out
 
     def read_downsampled(self, downsample: float) -> tuple[np.ndarray, float]:

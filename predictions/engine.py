@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from experiments.slide_files import SlideFileError, SlideReader
 
+from . import detections
 from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
 from .models import result_path
 from .pipelines import ParamError, Plan, Prepared
@@ -77,6 +78,14 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
         raise SubmitError(f"These slides are not ready: {', '.join(not_ready)}.", "slides")
     if any(s.experiment_id != experiment.pk for s in slides):
         raise SubmitError("Every slide must belong to the experiment.", "slides")
+    stains = {s.pk: s.stain or experiment.stain for s in slides}
+    refused = {}
+    for s in slides:
+        reason = code.check_stain(stains[s.pk])
+        if reason:
+            refused.setdefault(reason, []).append(s.original_name)
+    if refused:
+        raise SubmitError(" ".join(f"{', '.join(names)}: {reason}" for reason, names in refused.items()), "slides")
     model = None
     if code.model_name:
         model = current_model(code.model_name)
@@ -91,7 +100,8 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             software_version=settings.HISTOIA_VERSION, total_units=2 * len(slides),
         )
         SlideRun.objects.bulk_create([
-            SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2) for s in slides
+            SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
+                     declared_stain=stains[s.pk]) for s in slides
         ])
         send_start(prediction)
     return prediction
@@ -228,7 +238,8 @@ def prepare(run_id: int) -> None:
         started = time.monotonic()
         if run.plan is None:  # not prepared yet (a redelivered prepare skips the work)
             with kept_open(run.slide.file.path) as reader:
-                prepared = code.prepare(reader, run.prediction.params, _model_spec(run.prediction))
+                prepared = code.prepare(reader, run.prediction.params, _model_spec(run.prediction),
+                                        stain=run.declared_stain)
             run.tissue_mask.name = _store(run, "tissue_mask.png", _png(_mask_image(prepared.mask)))
             run.plan = prepared.plan.to_json()
             run.total_units = len(prepared.plan.tiles) + 2
@@ -255,9 +266,13 @@ def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
     plan = Plan.from_json(run.plan)
     with _failing_run(run, f"tile batch {index + 1}"):
         started_at, started = timezone.now(), time.monotonic()
+        prepared = Prepared(plan, _stored_mask(run))
         with kept_open(run.slide.file.path) as reader:
-            rows = code.process_tiles(reader, plan, plan.batches()[index], run.prediction.params,
+            rows = code.process_tiles(reader, prepared, plan.batches()[index], run.prediction.params,
                                       _model_spec(run.prediction))
+        found = detections.pop_from_rows(rows)
+        if found is not None:
+            detections.save_batch(run, index, found)
         BatchResult.objects.update_or_create(run=run, index=index, defaults={
             "rows": rows, "tiles": len(rows), "queue": queue, "worker": worker or socket.gethostname(),
             "started_at": started_at, "finished_at": timezone.now(),
@@ -324,9 +339,10 @@ def aggregate(run_id: int) -> None:
         rows = [row for batch in run.batches.order_by("index") for row in batch.rows]
         if len(rows) != len(plan.tiles):
             raise RuntimeError(f"expected {len(plan.tiles)} tile rows, found {len(rows)}")
-        with run.tissue_mask.open("rb") as fh:
-            mask = _mask_from_image(fh.read())
-        outcome = code.aggregate(Prepared(plan, mask), rows, run.prediction.params, model)
+        mask = _stored_mask(run)
+        run.detections.name = detections.merge(run, len(plan.batches()))
+        found = detections.load(run) if run.detections else None
+        outcome = code.aggregate(Prepared(plan, mask), rows, run.prediction.params, model, detections=found)
         images = {}
         for name, image in outcome.images.items():
             if plan.grid_shape != (0, 0) and image.size == (plan.grid_shape[1], plan.grid_shape[0]):
@@ -337,13 +353,18 @@ def aggregate(run_id: int) -> None:
         table = _store(run, "tiles.csv", ContentFile(tile_table_csv(code, plan, rows).encode()))
         with transaction.atomic():
             SlideRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
-                metrics=outcome.metrics, images=images, tile_table=table,
+                metrics=outcome.metrics, images=images, tile_table=table, detections=run.detections.name or "",
                 status=Status.SUCCEEDED, done_units=run.total_units, finished_at=timezone.now(),
                 timings={**run.timings, "aggregate_s": round(time.monotonic() - started, 3),
                          "tiles_s": round(sum(run.batches.values_list("seconds", flat=True)), 3)},
             )
     refresh_progress(run.prediction_id)
     advance(run.prediction_id)
+
+
+def _stored_mask(run: SlideRun):
+    with run.tissue_mask.open("rb") as fh:
+        return _mask_from_image(fh.read())
 
 
 def _store(run: SlideRun, filename: str, content: ContentFile) -> str:
@@ -360,12 +381,12 @@ def tile_table_csv(code, plan: Plan, rows: list[dict]) -> str:
     out = io.StringIO()
     size0 = plan.tile_size_level0
     fields = ["tile", "row", "col", "x", "y", "size_px", "tissue_fraction"]
-    extra = list(rows[0].keys()) + list(code.tile_columns(rows[0]).keys()) if rows else []
-    writer = csv.DictWriter(out, fieldnames=fields + extra)
+    extra = [k for k in rows[0] if not k.startswith("_")] + list(code.tile_columns(rows[0], plan)) if rows else []
+    writer = csv.DictWriter(out, fieldnames=fields + extra, extrasaction="ignore")
     writer.writeheader()
     for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
         writer.writerow({"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
-                         "tissue_fraction": tissue, **row, **code.tile_columns(row)})
+                         "tissue_fraction": tissue, **row, **code.tile_columns(row, plan)})
     return out.getvalue()
 
 

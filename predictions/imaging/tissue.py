@@ -52,27 +52,81 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return sat.astype(np.float32)
 
 
+# Pale tissue (a light counterstain) can be barely saturated at all, yet it absorbs: a pixel is
+# also tissue when its optical density relative to the slide's own glass is at least this long
+# and points at least MIN_GREY_ANGLE_DEG away from grey (dust, shadows and glass of another
+# brightness are grey; every stain is coloured: hematoxylin is about 19° from grey, eosin 48°).
+PALE_TISSUE_OD = 0.06
+MIN_GREY_ANGLE_DEG = 12.0
+
+
+def glass_white(rgb: np.ndarray) -> np.ndarray:
+    """The glass colour of an image: median of its bright, unsaturated pixels (255 without)."""
+    image = to_rgb(np.asarray(rgb))
+    sat = saturation(image)
+    glass = (sat <= SATURATION_FLOOR) & (image.max(axis=2) >= 180) & ~np.all(image == 255, axis=2)
+    if glass.sum() < max(16, 0.01 * glass.size):
+        return np.array([255.0, 255.0, 255.0])
+    return np.median(image[glass], axis=0).astype(float)
+
+
+def pale_tissue(rgb: np.ndarray) -> np.ndarray:
+    """Pixels that absorb light in a coloured way (relative to the image's glass)."""
+    image = to_rgb(np.asarray(rgb))
+    white = glass_white(image).astype(np.float32)
+    od = np.maximum(-np.log10(np.maximum(image.astype(np.float32), 1.0) / white), 0)
+    length = np.linalg.norm(od, axis=2)
+    cos_grey = od.sum(axis=2) / (np.sqrt(3.0) * np.maximum(length, 1e-6))
+    return (length >= PALE_TISSUE_OD) & (cos_grey <= np.cos(np.radians(MIN_GREY_ANGLE_DEG)))
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask of marker ink: colours no tissue stain makes.
+
+    Hematoxylin is blue-purple (hue about 230-300°), eosin pink-red (300-360°, 0-15°) and DAB
+    brown (15-45°). Green and cyan ink (hue 70-200°) is never a stain; blue ink (200-245°) is
+    told from hematoxylin by a saturation no stained section reaches at low resolution (> 0.6);
+    black ink by being nearly black and grey at once.
+    """
+    image = to_rgb(np.asarray(rgb)).astype(np.float32) / 255.0
+    hi, lo = image.max(axis=2), image.min(axis=2)
+    chroma = hi - lo
+    sat = np.where(hi > 0, chroma / np.maximum(hi, 1e-6), 0.0)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    safe = np.maximum(chroma, 1e-6)
+    hue = np.select([hi == r, hi == g], [((g - b) / safe) % 6, (b - r) / safe + 2], (r - g) / safe + 4) * 60.0
+    green = (hue >= 70) & (hue < 200) & (sat > 0.2) & (chroma > 0.08)
+    blue = (hue >= 200) & (hue < 245) & (sat > 0.6)
+    black = (hi < 0.25) & (sat < 0.35)
+    return green | blue | black
+
+
 def tissue_mask(
     rgb: np.ndarray,
     *,
     min_saturation: float | None = None,
     min_object_px: int = 64,
+    min_hole_px: int | None = None,
     closing_radius: int = 2,
+    exclude_pen: bool = True,
 ) -> np.ndarray:
     """Boolean HxW mask of tissue pixels in an RGB(A) uint8 image.
 
     min_saturation: fixed saturation threshold; None picks Otsu's threshold, kept within
         [SATURATION_FLOOR, MAX_SATURATION_THRESHOLD], and answers "no tissue" when the pixels
         above Otsu's threshold are themselves no more saturated than glass.
-    min_object_px: tissue specks and holes in tissue smaller than this are dropped / filled.
+    min_object_px: tissue pieces smaller than this are dropped (callers derive it from µm²).
+    min_hole_px: holes in tissue smaller than this are filled (default: min_object_px).
     closing_radius: radius in pixels of the closing that joins fragments of loose tissue.
+    exclude_pen: marker ink (pen_mask) is never tissue, nor is what the closing bridges over it.
     """
     image = np.asarray(rgb)
     sat = saturation(image)
     opaque = np.ones(sat.shape, bool) if image.shape[2] == 3 else image[..., 3] > 0
+    pen = pen_mask(image) if exclude_pen else np.zeros(sat.shape, bool)
 
     if min_saturation is None:
-        values = sat[opaque]
+        values = sat[opaque & ~pen]
         if values.size == 0:
             return np.zeros(sat.shape, bool)
         otsu = float(threshold_otsu(values))
@@ -83,12 +137,17 @@ def tissue_mask(
     else:
         threshold = float(min_saturation)
 
-    mask = (sat > threshold) & opaque
+    if pen.any():
+        # Ink and its anti-aliased rim: a pixel or two around each stroke.
+        pen = morphology.dilation(pen, morphology.disk(1))
+    mask = ((sat > threshold) | pale_tissue(image)) & opaque & ~pen
     if closing_radius > 0:
-        mask = morphology.closing(mask, morphology.disk(closing_radius))
+        mask = morphology.closing(mask, morphology.disk(closing_radius)) & ~pen
     if min_object_px > 1:
         mask = morphology.remove_small_objects(mask, max_size=min_object_px - 1)
-        mask = morphology.remove_small_holes(mask, max_size=min_object_px - 1)
+    hole_px = min_object_px if min_hole_px is None else min_hole_px
+    if hole_px > 1:
+        mask = morphology.remove_small_holes(mask, max_size=hole_px - 1) & ~pen
     # The closing can grow tissue into transparent padding; padding is never tissue.
     return mask & opaque
 

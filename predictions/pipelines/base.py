@@ -4,13 +4,18 @@ A pipeline is plain Python: no Django, no Celery. The engine (predictions/engine
 tasks) runs its steps on the queues they declare:
 
 1. prepare (cpu): open the slide, detect tissue on a low-resolution image, lay out the grid of
-   tissue tiles to analyse. Returns a Plan (JSON-serialisable) and the tissue mask.
+   tissue tiles to analyse, and estimate what the pipeline needs per slide (e.g. its stain
+   vectors, kept in Plan.extras). Returns a Plan (JSON-serialisable) and the tissue mask.
 2. process_tiles (the pipeline's `batch_queue`): one batch of tiles at a time, a few seconds to a
    few minutes of work, returning one row of numbers per tile. Must be deterministic: a batch
-   delivered twice must give the same rows.
+   delivered twice must give the same rows. A row may carry per-object detections under
+   "_detections" (float32 N x 3: x, y in level-0 px, area in level-0 px²); the engine stores them
+   per slide and hands them to aggregate. Other keys starting with "_" stay out of the tables.
 3. aggregate (cpu): turns every tile row into the slide's metrics and result images.
 
-Metric names are stable snake_case with the unit in the name (see README, "Figures").
+Figures are in physical units (µm, µm², OD) and their names are stable snake_case with the unit
+in the name (see README, "Figures"). Tissue sizes are µm² (level-0 px² when a slide has no pixel
+size). A tile is read the same way whatever the tiling: past the slide's edge is glass (white).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from experiments.slide_files import SlideReader
+from predictions.imaging.stain import StainEstimate, estimate_stains, estimate_white
 from predictions.imaging.tissue import tissue_mask
 
 Queue = Literal["cpu", "gpu"]
@@ -106,6 +112,12 @@ class Plan:
     tiles: list[tuple[int, int]] = field(default_factory=list)   # (row, col) of tissue tiles
     tile_tissue: list[float] = field(default_factory=list)       # tissue fraction of each tile
     batch_size: int = 16
+    # What the pipeline estimated for this slide in prepare (stain vectors, ...), JSON.
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def analysis_mpp(self) -> float | None:
+        return self.mpp * self.analysis_downsample if self.mpp else None
 
     @property
     def tile_size_level0(self) -> int:
@@ -122,6 +134,7 @@ class Plan:
         data = dict(data)
         data["tiles"] = [tuple(t) for t in data["tiles"]]
         data["mask_shape"], data["grid_shape"] = tuple(data["mask_shape"]), tuple(data["grid_shape"])
+        data.setdefault("extras", {})
         return cls(**data)
 
 
@@ -174,9 +187,18 @@ class Pipeline(ABC):
                 "Ignored for slides without a pixel size: they are analysed at full resolution.",
                 min=0.1, max=16.0, label="Analysis resolution (µm/px)")
 
-    # Tissue detection runs on an image of about this many µm per pixel (or this downsample).
-    MASK_MPP = 8.0
-    MASK_DOWNSAMPLE_NO_MPP = 16.0
+    # Tissue detection runs on an image of about this many µm per pixel (or this downsample),
+    # never larger than MASK_MAX_PIXELS.
+    MASK_MPP = 4.0
+    MASK_DOWNSAMPLE_NO_MPP = 8.0
+    MASK_MAX_PIXELS = 16_000_000
+    # Tissue pieces smaller than this are dropped and holes smaller than this are filled. A
+    # piece of 250 µm² is a handful of cells: small real fragments stay, specks of stain go.
+    MIN_TISSUE_UM2 = 250.0
+    MIN_HOLE_UM2 = 500.0
+    # The same in level-0 pixels, for slides without a pixel size (as if 0.5 µm/px).
+    MIN_TISSUE_PX0 = 1_000
+    MIN_HOLE_PX0 = 2_000
     # Tiles per batch task. A batch is sized by pixels (about BATCH_PIXELS, a few seconds of
     # work), so that large slides are not cut into hundreds of sub-second tasks whose fixed cost
     # (a message, a claim, the slide opened, a row written) would add up; but a slide keeps at
@@ -208,34 +230,78 @@ class Pipeline(ABC):
         return {p.name: p.parse(raw.get(p.name)) for p in self.params}
 
     # -- step 1 -------------------------------------------------------------------------------
-    def prepare(self, reader: SlideReader, params: dict, model: ModelSpec | None = None) -> Prepared:
+    def prepare(self, reader: SlideReader, params: dict, model: ModelSpec | None = None,
+                stain: str = "") -> Prepared:
+        """The tissue mask and the tile plan; `stain` is the declared stain ("" = not declared)."""
         mpp = reader.info.mpp
         mask_ds = max(1.0, self.MASK_MPP / mpp) if mpp else self.MASK_DOWNSAMPLE_NO_MPP
+        mask_ds = max(mask_ds, math.sqrt(reader.info.width * reader.info.height / self.MASK_MAX_PIXELS))
         low, mask_ds = reader.read_downsampled(mask_ds)
-        mask = tissue_mask(low)
+        mask = self.detect_tissue(low, mpp, mask_ds)
         if not self.is_tiled:
             plan = Plan(mpp, 1.0, 0, mask_ds, mask.shape, (0, 0), batch_size=self.BATCH_SIZE)
-            return Prepared(plan, mask)
+            prepared = Prepared(plan, mask)
+        else:
+            prepared = Prepared(self.tile_plan(reader, mask, mask_ds, params, model), mask)
+        self.estimate(reader, prepared, low, params, stain)
+        return prepared
+
+    def detect_tissue(self, low, mpp: float | None, mask_ds: float):
+        """The slide's tissue mask from its low-resolution image (sizes from µm² or level-0 px)."""
+        px0 = mask_ds ** 2
+        min_object = self.MIN_TISSUE_UM2 / (mpp ** 2 * px0) if mpp else self.MIN_TISSUE_PX0 / px0
+        min_hole = self.MIN_HOLE_UM2 / (mpp ** 2 * px0) if mpp else self.MIN_HOLE_PX0 / px0
+        return tissue_mask(low, min_object_px=max(1, math.ceil(min_object)), min_hole_px=max(1, math.ceil(min_hole)))
+
+    def tile_plan(self, reader: SlideReader, mask, mask_ds: float, params: dict, model: ModelSpec | None) -> Plan:
+        mpp = reader.info.mpp
         analysis_mpp, tile_size = self.analysis_resolution(params, model)
         analysis_ds = max(analysis_mpp / mpp, 1.0) if mpp else 1.0
+        # Analyse at a pyramid level's own scale when it is within 10 % of the wanted one: no
+        # resampling, and tiles of any size read exactly the same pixels.
+        for level_ds in reader.level_downsamples:
+            if abs(analysis_ds / level_ds - 1) < 0.1:
+                analysis_ds = float(level_ds)
+                break
         tile0 = tile_size * analysis_ds
         rows = math.ceil(reader.info.height / tile0)
         cols = math.ceil(reader.info.width / tile0)
-        # Tissue fraction of each tile, read off the low-resolution mask.
+        # Tissue fraction of each tile, read off the low-resolution mask (every mask pixel the
+        # tile touches, so a tile with any tissue is found whatever the tiling).
         scale = tile0 / mask_ds
         tiles, fractions = [], []
         min_tissue = params.get("min_tissue", self.MIN_TISSUE.default)
         for r in range(rows):
             for c in range(cols):
-                window = mask[int(r * scale): max(int((r + 1) * scale), int(r * scale) + 1),
-                              int(c * scale): max(int((c + 1) * scale), int(c * scale) + 1)]
+                window = mask[int(r * scale): max(math.ceil((r + 1) * scale), int(r * scale) + 1),
+                              int(c * scale): max(math.ceil((c + 1) * scale), int(c * scale) + 1)]
                 fraction = float(window.mean()) if window.size else 0.0
                 if fraction >= min_tissue and fraction > 0:
                     tiles.append((r, c))
                     fractions.append(round(fraction, 4))
-        plan = Plan(mpp, analysis_ds, tile_size, mask_ds, mask.shape, (rows, cols), tiles, fractions,
+        return Plan(mpp, analysis_ds, tile_size, mask_ds, mask.shape, (rows, cols), tiles, fractions,
                     batch_size=self.batch_size(len(tiles), tile_size))
-        return Prepared(plan, mask)
+
+    def estimate(self, reader: SlideReader, prepared: Prepared, low, params: dict, stain: str) -> None:
+        """Per-slide estimates a pipeline needs (e.g. stain vectors) into prepared.plan.extras."""
+
+    # Tiles sampled across the tissue for the stain estimate (bounded work, spread over the slide).
+    STAIN_SAMPLE_TILES = 12
+
+    def slide_stains(self, reader: SlideReader, prepared: Prepared, low) -> StainEstimate:
+        """The slide's glass white and stain vectors, from tissue tiles spread over the slide."""
+        plan, mask = prepared.plan, prepared.mask
+        white = estimate_white(low, mask)
+        count = min(self.STAIN_SAMPLE_TILES, len(plan.tiles))
+        if count == 0:
+            return StainEstimate.reference(white=white, note="No tissue: reference vectors used.")
+        picks = sorted({round(i * (len(plan.tiles) - 1) / max(count - 1, 1)) for i in range(count)})
+        pixels = [self.read_tile(reader, plan, i)[self.tile_mask(plan, mask, i)] for i in picks]
+        return estimate_stains(np.concatenate(pixels), white)
+
+    def check_stain(self, stain: str) -> str | None:
+        """Why this pipeline refuses slides declared with this stain (None: it takes them)."""
+        return None
 
     def batch_size(self, tiles: int, tile_size: int) -> int:
         """Tiles per batch for a slide with this many tiles of this side (see BATCH_PIXELS)."""
@@ -247,32 +313,48 @@ class Pipeline(ABC):
         return params.get("analysis_mpp", self.MPP.default), params.get("tile_size", self.TILE_SIZE.default)
 
     # -- step 2 -------------------------------------------------------------------------------
-    def read_tile(self, reader: SlideReader, plan: Plan, index: int) -> np.ndarray:
-        """One tile at the analysis resolution (tile_size x tile_size RGB; white past the edge)."""
+    def read_tile(self, reader: SlideReader, plan: Plan, index: int, margin: int = 0) -> np.ndarray:
+        """One tile at the analysis resolution, with `margin` pixels of its surroundings on each
+        side ((tile_size + 2 margin)² RGB; white, i.e. glass, past the slide's edge)."""
         row, col = plan.tiles[index]
         size0 = plan.tile_size_level0
+        margin0 = round(margin * plan.analysis_downsample)
         level = reader.best_level_for_downsample(plan.analysis_downsample)
         level_ds = reader.level_downsamples[level]
-        size_level = max(1, round(size0 / level_ds))
-        region = reader.read_region((col * size0, row * size0), level, (size_level, size_level))
-        if size_level != plan.tile_size:
-            region = np.asarray(Image.fromarray(region).resize((plan.tile_size, plan.tile_size), Image.Resampling.BOX))
+        side = plan.tile_size + 2 * margin
+        size_level = max(1, round((size0 + 2 * margin0) / level_ds))
+        region = reader.read_region((col * size0 - margin0, row * size0 - margin0), level, (size_level, size_level))
+        if size_level != side:
+            region = np.asarray(Image.fromarray(region).resize((side, side), Image.Resampling.BOX))
         return region
 
-    def process_tiles(self, reader: SlideReader, plan: Plan, indices: range, params: dict,
+    @staticmethod
+    def tile_mask(plan: Plan, mask: np.ndarray, index: int, margin: int = 0) -> np.ndarray:
+        """The slide's mask over one tile and its margin, at the analysis resolution (nearest)."""
+        row, col = plan.tiles[index]
+        side = plan.tile_size + 2 * margin
+        start = np.arange(side) - margin + 0.5
+        ys = ((row * plan.tile_size + start) * plan.analysis_downsample / plan.mask_downsample).astype(int)
+        xs = ((col * plan.tile_size + start) * plan.analysis_downsample / plan.mask_downsample).astype(int)
+        inside_y = (ys >= 0) & (ys < mask.shape[0])
+        inside_x = (xs >= 0) & (xs < mask.shape[1])
+        out = mask[np.clip(ys, 0, mask.shape[0] - 1)[:, None], np.clip(xs, 0, mask.shape[1] - 1)[None, :]]
+        return out & inside_y[:, None] & inside_x[None, :]
+
+    def process_tiles(self, reader: SlideReader, prepared: Prepared, indices: range, params: dict,
                       model: ModelSpec | None = None) -> list[dict]:
         raise NotImplementedError(f"{self.name} has no tile step")
 
-    @staticmethod
-    def tile_columns(row: dict) -> dict:
-        """Derived per-tile columns for the tile table (CSV), beyond the raw row."""
+    def tile_columns(self, row: dict, plan: Plan) -> dict:
+        """Derived per-tile columns for the tile table (CSV) and the viewer, beyond the raw row."""
         return {}
 
     # -- step 3 -------------------------------------------------------------------------------
     @abstractmethod
     def aggregate(self, prepared: Prepared, rows: list[dict], params: dict,
-                  model: ModelSpec | None = None) -> Outcome:
-        """Slide figures from every tile row (in tile order) and the tissue mask."""
+                  model: ModelSpec | None = None, detections: np.ndarray | None = None) -> Outcome:
+        """Slide figures from every tile row (in tile order), the tissue mask and the slide's
+        detections (the rows' "_detections" put together, None when the pipeline has none)."""
 
     # -- helpers for aggregate ----------------------------------------------------------------
     @staticmethod
@@ -297,6 +379,11 @@ class Pipeline(ABC):
         big = image.resize((cols * block, rows * block), Image.Resampling.NEAREST)
         target = (max(1, round(width * block / plan.tile_size_level0)), max(1, round(height * block / plan.tile_size_level0)))
         return big.crop((0, 0, *target))
+
+    @staticmethod
+    def mask_area_px0(plan: Plan, mask: np.ndarray) -> float:
+        """Level-0 pixels covered by a mask at the plan's mask resolution."""
+        return float(np.count_nonzero(mask)) * plan.mask_downsample ** 2
 
     @staticmethod
     def area_metrics(plan: Plan, tissue_px_level0: float) -> dict:

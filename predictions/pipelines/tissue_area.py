@@ -1,5 +1,7 @@
 """tissue-area: how much tissue is on the slide, from a low-resolution tissue mask."""
 
+from scipy import ndimage as ndi
+
 from predictions.imaging.heatmap import render_mask
 from predictions.imaging.tissue import tissue_fraction
 
@@ -8,20 +10,24 @@ from .base import Outcome, Pipeline, Prepared
 
 class TissueArea(Pipeline):
     name = "tissue-area"
-    version = "1.0"
+    version = "2.0"
     title = "Tissue area"
-    description = ("Detects tissue on a low-resolution image of the slide (Otsu threshold on colour "
-                   "saturation, then morphological clean-up) and reports its area in mm², or in "
-                   "pixels when the slide has no pixel size.")
+    description = ("Detects tissue on an image of the slide at about 4 µm/px: Otsu threshold on "
+                   "colour saturation, so glass and grey dust are left out; marker ink (green, "
+                   "blue, black: colours no stain makes) excluded; pieces smaller than 250 µm² "
+                   "dropped and holes smaller than 500 µm² filled (1,000 / 2,000 level-0 px "
+                   "without a pixel size), so small real fragments are kept. Reports the tissue "
+                   "area in mm² (pixels when the slide has no pixel size) and the number of pieces.")
     aggregate_produces = "tissue area, tissue fraction, tissue mask image"
 
     @property
     def is_tiled(self) -> bool:
         return False
 
-    def aggregate(self, prepared: Prepared, rows, params, model=None) -> Outcome:
+    def aggregate(self, prepared: Prepared, rows, params, model=None, detections=None) -> Outcome:
         plan, mask = prepared.plan, prepared.mask
-        metrics = self.area_metrics(plan, float(mask.sum()) * plan.mask_downsample ** 2)
+        metrics = self.area_metrics(plan, self.mask_area_px0(plan, mask))
         metrics["tissue_fraction"] = round(tissue_fraction(mask), 6)
+        metrics["tissue_pieces"] = int(ndi.label(mask, structure=ndi.generate_binary_structure(2, 2))[1])
         return Outcome(metrics, images={"tissue_mask": render_mask(mask)},
                        legends={"tissue_mask": {"kind": "mask", "label": "tissue", "colour": "#00a050"}})

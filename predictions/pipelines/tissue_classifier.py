@@ -12,7 +12,7 @@ PALETTE = [(200, 200, 200), (230, 120, 170), (90, 60, 170), (240, 170, 40), (40,
 
 class TissueClassifier(Pipeline):
     name = "tissue-classifier"
-    version = "1.0"
+    version = "1.1"
     title = "Tissue classifier (model)"
     description = ("Classifies tissue tiles with a registered TorchScript model on the gpu queue "
                    "(CUDA when the worker has a GPU, else the CPU) and reports the area fraction "
@@ -30,7 +30,8 @@ class TissueClassifier(Pipeline):
             raise ValueError("tissue-classifier needs a registered model")
         return model.mpp, model.tile_size
 
-    def process_tiles(self, reader, plan, indices, params, model: ModelSpec | None = None):
+    def process_tiles(self, reader, prepared, indices, params, model: ModelSpec | None = None):
+        plan = prepared.plan
         from predictions.imaging.inference import PrefetchingTileLoader, classify, to_batch_tensor
 
         net, device = loaded_model(model)
@@ -44,7 +45,8 @@ class TissueClassifier(Pipeline):
                              **{f"p_{name}": round(float(v), 5) for name, v in zip(model.class_names, p)}})
         return rows
 
-    def aggregate(self, prepared: Prepared, rows, params, model: ModelSpec | None = None) -> Outcome:
+    def aggregate(self, prepared: Prepared, rows, params, model: ModelSpec | None = None,
+                  detections=None) -> Outcome:
         plan = prepared.plan
         names = list(model.class_names)
         weights = np.asarray(plan.tile_tissue, dtype=float)
