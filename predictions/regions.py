@@ -1,27 +1,34 @@
-"""A finished slide run's regions as GeoJSON (QuPath import) and its per-tile data for the viewer.
+"""A finished slide run's regions as GeoJSON (QuPath import), its per-tile data for the viewer
+and, for runs that keep one record per object (nuclei), those objects in a box.
 
-Both are found through Prediction.objects.for_user(): another lab's runs are 404. The shapes are
-built by predictions/geojson.py (plain Python) from the run's plan, its tile rows and its tissue
-mask; a finished run never changes, so the browser may keep them a while (private only).
+All are found through Prediction.objects.for_user(): another lab's runs are 404. The shapes are
+built by predictions/geojson.py (plain Python) from the run's plan, its tile rows, its tissue
+mask and its detections file (predictions/detections.py); a finished run never changes, so the
+browser may keep them a while (private only).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 
 import numpy as np
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 from PIL import Image
 
+from . import detections as detection_files
 from . import geojson
 from .models import Prediction, SlideRun, Status
 from .pipelines import Plan
 
 CACHE_CONTROL = "private, max-age=300"
+# The viewer's box query: at most this many objects an answer.
+BOX_LIMIT = 5000
 
 
 def finished_run(user, pk) -> SlideRun:
@@ -127,6 +134,54 @@ def run_overlay(request, pk):
     code, plan, rows, mask = _inputs(run)
     data = geojson.overlay_data(code, plan, rows, mask, run.slide.width, run.slide.height)
     data["run"] = run.pk
+    # Per-object records (nuclei): the viewer draws those in view when zoomed in.
+    data["has_detections"] = bool(run.detections)
+    if run.detections:
+        data["detections_url"] = reverse("predictions:run_detections", args=[run.pk])
     response = JsonResponse(data)
+    response["Cache-Control"] = CACHE_CONTROL
+    return response
+
+
+def _box(request) -> tuple[float, float, float, float]:
+    values = []
+    for name in ("x0", "y0", "x1", "y1"):
+        raw = request.GET.get(name)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number (level-0 px)") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number (level-0 px)")
+        values.append(value)
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("the box needs x0 < x1 and y0 < y1")
+    return x0, y0, x1, y1
+
+
+@require_GET
+def run_detections(request, pk):
+    """GET /predictions/runs/<pk>/detections.json?x0=&y0=&x1=&y1=: the run's objects (nuclei)
+    whose centroid lies in the level-0 px box [x0, x1) x [y0, y1), for the viewer:
+
+        {"objects": [[x, y, r], ...], "total": n, "truncated": false}
+
+    x, y the centroid and r the equivalent radius (sqrt(area / pi)), level-0 px rounded to whole
+    pixels; at most BOX_LIMIT objects (evenly spread over the box, "truncated": true, when more
+    lie in it); total: how many lie in it. A run without detections answers no objects; a missing
+    or bad box is 400.
+    """
+    run = finished_run(request.user, pk)
+    try:
+        x0, y0, x1, y1 = _box(request)
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    records = detection_files.load(run)
+    found, total = detection_files.box_query(records, x0, y0, x1, y1, BOX_LIMIT)
+    radius = np.rint(detection_files.equivalent_radius(found[:, 2])).astype(np.int64)
+    xy = np.rint(found[:, :2]).astype(np.int64)
+    objects = np.column_stack([xy, radius]).tolist() if len(found) else []
+    response = JsonResponse({"objects": objects, "total": total, "truncated": total > len(objects)})
     response["Cache-Control"] = CACHE_CONTROL
     return response

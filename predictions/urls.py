@@ -18,5 +18,6 @@ urlpatterns = [
     path("<int:pk>/figures.csv", views.prediction_figures_csv, name="figures_csv"),
     path("runs/<int:pk>/regions.geojson", regions.run_regions_geojson, name="run_regions"),
     path("runs/<int:pk>/overlay.json", regions.run_overlay, name="run_overlay"),
+    path("runs/<int:pk>/detections.json", regions.run_detections, name="run_detections"),
     path("runs/<int:pk>/<str:name>", views.run_file, name="run_file"),
 ]
