@@ -401,3 +401,143 @@ def feature_collection(code, plan: Plan, rows: list[dict], mask: np.ndarray | No
         # A foreign member (RFC 7946 §6.1): readers that do not know it ignore it.
         collection["histoia"] = provenance
     return collection
+
+
+# -- per-object detections (nuclei) and the streamed collection --------------------------------
+# New functions for runs that keep one record per object (predictions/detections.py): x, y (the
+# centroid, level-0 px) and area (level-0 px²). Each becomes a QuPath detection: a regular
+# 12-gon with the object's area, centred on its centroid.
+NUCLEUS = ("Nucleus", (60, 110, 230))
+NUCLEUS_VERTICES = 12
+NUCLEUS_BLOCK = 10_000
+_UNIT_CIRCLE = np.stack([np.cos(np.arange(NUCLEUS_VERTICES + 1) * 2 * np.pi / NUCLEUS_VERTICES),
+                         np.sin(np.arange(NUCLEUS_VERTICES + 1) * 2 * np.pi / NUCLEUS_VERTICES)], axis=1)
+_UNIT_CIRCLE[-1] = _UNIT_CIRCLE[0]   # closed ring, exactly
+
+
+def polygon_radius(area, vertices: int = NUCLEUS_VERTICES) -> np.ndarray:
+    """Circumradius of the regular polygon of `vertices` sides whose area is `area`:
+    area = vertices / 2 * R² * sin(2π / vertices) (3 R² for 12 sides)."""
+    area = np.maximum(np.asarray(area, dtype=np.float64), 0.0)
+    return np.sqrt(area / (vertices / 2 * math.sin(2 * math.pi / vertices)))
+
+
+def nucleus_rings(records: np.ndarray, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """(N, 13, 2) closed rings, float64: the 12-gon of each record's area around its centroid,
+    wound positively in (x, y) like the other exteriors, kept on the width x height slide."""
+    records = np.asarray(records, dtype=np.float64).reshape(-1, 3)
+    radius = polygon_radius(records[:, 2])
+    rings = records[:, None, :2] + radius[:, None, None] * _UNIT_CIRCLE[None, :, :]
+    if width is not None and height is not None:
+        np.clip(rings[..., 0], 0, width, out=rings[..., 0])
+        np.clip(rings[..., 1], 0, height, out=rings[..., 1])
+    return rings
+
+
+def _nucleus_template(with_um: bool) -> str:
+    ring = ",".join(["[%.2f,%.2f]"] * (NUCLEUS_VERTICES + 1))
+    measurements = '"Area px^2":%.1f' + (',"Area µm^2":%.2f' if with_um else "")
+    return ('{"type":"Feature","id":"%s","geometry":{"type":"Polygon","coordinates":[[' + ring + ']]},'
+            '"properties":{"objectType":"detection","classification":{"name":"' + NUCLEUS[0] + '","color":['
+            + ",".join(str(c) for c in NUCLEUS[1]) + ']},"measurements":{' + measurements + '}}}')
+
+
+def nucleus_features_json(records: np.ndarray, *, key: str, mpp: float | None, start: int = 0,
+                          width: int | None = None, height: int | None = None) -> str:
+    """The records as QuPath detections, JSON text: the features joined by "," (no brackets).
+
+    One feature per record: a Polygon (the 12-gon of its area, 0.01 px), objectType "detection",
+    classification Nucleus, measurements "Area px^2" and, with a pixel size, "Area µm^2"; id
+    uuid5 of key/nucleus/i, i the record's index in the run's file (start: the index of
+    records[0]). Formatted directly (not through json.dumps): about 6x faster, the same JSON.
+    """
+    records = np.asarray(records, dtype=np.float64).reshape(-1, 3)
+    if not len(records):
+        return ""
+    rings = nucleus_rings(records, width, height).reshape(len(records), -1)
+    areas = np.maximum(records[:, 2], 0.0)
+    columns = [rings, areas[:, None]]
+    if mpp:
+        columns.append(areas[:, None] * mpp ** 2)
+    values = np.concatenate(columns, axis=1).tolist()
+    template = _nucleus_template(bool(mpp))
+    names = _uuid5_texts(f"{key}/nucleus/", range(start, start + len(records)))
+    return ",".join([template % (name, *row) for name, row in zip(names, values)])
+
+
+def _uuid5_texts(prefix: str, numbers) -> list[str]:
+    """str(uuid.uuid5(_NAMESPACE, f"{prefix}{n}")) for each n, computed the same way (SHA-1 of
+    the namespace's bytes and the name, version and variant bits set) without building UUID
+    objects, which cost more than the rest of a nucleus's feature."""
+    import hashlib
+
+    base = hashlib.sha1(_NAMESPACE.bytes + prefix.encode())
+    out = []
+    for n in numbers:
+        h = base.copy()
+        h.update(str(n).encode())
+        b = bytearray(h.digest()[:16])
+        b[6] = (b[6] & 0x0F) | 0x50
+        b[8] = (b[8] & 0x3F) | 0x80
+        x = b.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
+
+
+def nucleus_features(records: np.ndarray, *, key: str, mpp: float | None, start: int = 0,
+                     width: int | None = None, height: int | None = None) -> list[dict]:
+    """nucleus_features_json's features as dicts (for a few records; the export streams text)."""
+    import json
+
+    return json.loads("[" + nucleus_features_json(records, key=key, mpp=mpp, start=start,
+                                                  width=width, height=height) + "]")
+
+
+def nucleus_feature_blocks(records: np.ndarray, *, key: str, mpp: float | None, width: int | None = None,
+                           height: int | None = None, block: int | None = None):
+    """nucleus_features_json for `block` (NUCLEUS_BLOCK) records at a time (records may be
+    memory-mapped: only one block is read and held at once)."""
+    block = block or NUCLEUS_BLOCK
+    for start in range(0, len(records), block):
+        yield nucleus_features_json(np.asarray(records[start:start + block]), key=key, mpp=mpp, start=start,
+                                    width=width, height=height)
+
+
+def collection_chunks(collection: dict, extra_blocks=(), *, dumps=None):
+    """The FeatureCollection `collection` as JSON text in pieces, with the features of each block
+    of `extra_blocks` (a list of feature dicts, or their JSON text joined by ",", as
+    nucleus_feature_blocks yields) appended to its "features", after the ones it holds.
+
+    Joined, the pieces are exactly json.dumps(collection with the extra features,
+    separators=(",", ":"), ensure_ascii=False), keys in the collection's own order; blocks are
+    taken one at a time, so only one is in memory.
+    """
+    import itertools
+    import json
+
+    dumps = dumps or (lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    members = list(collection.items())
+    yield "{"
+    first_member = True
+    for name, value in members:
+        if not first_member:
+            yield ","
+        first_member = False
+        yield dumps(name) + ":"
+        if name != "features":
+            yield dumps(value)
+            continue
+        yield "["
+        started = False
+        features = list(value)
+        blocks = (features[i:i + 1000] for i in range(0, len(features), 1000))
+        for block in itertools.chain(blocks, extra_blocks):
+            # A list's JSON is its items' JSON joined by "," (the separator above).
+            text = block if isinstance(block, str) else dumps(list(block))[1:-1] if block else ""
+            if text:
+                if started:
+                    yield ","
+                yield text
+                started = True
+        yield "]"
+    yield "}"

@@ -5,6 +5,10 @@ All are found through Prediction.objects.for_user(): another lab's runs are 404.
 built by predictions/geojson.py (plain Python) from the run's plan, its tile rows, its tissue
 mask and its detections file (predictions/detections.py); a finished run never changes, so the
 browser may keep them a while (private only).
+
+A run with detections answers its GeoJSON as a stream: the collection's head and the regions and
+tiles as before, then one QuPath detection per object, read from the memory-mapped file a block
+at a time, so the web process's memory does not grow with the number of nuclei.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import re
 
 import numpy as np
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET
@@ -78,7 +82,8 @@ def _threshold(request) -> float:
 
 def regions_collection(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT_POSITIVE_THRESHOLD,
                        detections: bool = True) -> dict:
-    """The run's GeoJSON FeatureCollection (the API can answer with this as it is)."""
+    """The run's GeoJSON FeatureCollection without its per-object detections (regions and
+    tiles: the API can answer with this as it is). regions_chunks adds the objects, streamed."""
     code, plan, rows, mask = _inputs(run)
     prediction = run.prediction
     return geojson.feature_collection(
@@ -93,6 +98,23 @@ def regions_collection(run: SlideRun, *, positive_threshold: float = geojson.DEF
                     "units": "level-0 pixels, origin top-left, y down"})
 
 
+def regions_chunks(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT_POSITIVE_THRESHOLD,
+                   detections: bool = True):
+    """The whole GeoJSON as text pieces: regions_collection's features, then (with detections
+    and a detections file) one QuPath detection per object, NUCLEUS_BLOCK objects at a time.
+    The provenance ("histoia") then says how many ("objects")."""
+    collection = regions_collection(run, positive_threshold=positive_threshold, detections=detections)
+    blocks = ()
+    if detections and run.detections:
+        records = detection_files.load(run)
+        plan = Plan.from_json(run.plan)
+        if "histoia" in collection:
+            collection["histoia"]["objects"] = len(records)
+        blocks = geojson.nucleus_feature_blocks(records, key=f"run-{run.pk}", mpp=plan.mpp,
+                                                width=run.slide.width, height=run.slide.height)
+    return geojson.collection_chunks(collection, blocks)
+
+
 def geojson_filename(run: SlideRun) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", run.slide.original_name.rsplit(".", 1)[0])[:80] or "slide"
     return f"prediction-{run.prediction_id}-{stem}-regions.geojson"
@@ -101,9 +123,10 @@ def geojson_filename(run: SlideRun) -> str:
 def regions_response(request, run: SlideRun) -> HttpResponse:
     """The GeoJSON download of a run already found in the user's labs (page and API alike).
 
-    Query: threshold (0-1, ihc-dab's Positive cut-off, default 0.1), detections=0 (regions only),
-    download=0 (inline instead of attachment). 404 until the run has succeeded; 400 for a bad
-    threshold.
+    Query: threshold (0-1, ihc-dab's Positive cut-off, default 0.1), detections=0 (regions only:
+    no tiles, no objects), download=0 (inline instead of attachment). 404 until the run has
+    succeeded; 400 for a bad threshold. A run with a detections file (one record per nucleus) is
+    answered as a StreamingHttpResponse; any other as before, in one piece.
     """
     if run.status != Status.SUCCEEDED or not run.plan:
         raise Http404("This slide has no finished result yet.")
@@ -112,13 +135,37 @@ def regions_response(request, run: SlideRun) -> HttpResponse:
     except ValueError as exc:
         return JsonResponse({"threshold": [str(exc)]}, status=400)
     detections = request.GET.get("detections", "1").lower() not in ("0", "false", "no", "off")
-    data = regions_collection(run, positive_threshold=threshold, detections=detections)
-    response = HttpResponse(json.dumps(data, separators=(",", ":"), ensure_ascii=False),
-                            content_type="application/geo+json")
+    if detections and run.detections:
+        chunks = regions_chunks(run, positive_threshold=threshold, detections=detections)
+        response = StreamingHttpResponse((chunk.encode() for chunk in _gathered(chunks)),
+                                         content_type="application/geo+json")
+    else:
+        data = regions_collection(run, positive_threshold=threshold, detections=detections)
+        response = HttpResponse(json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+                                content_type="application/geo+json")
     disposition = "attachment" if request.GET.get("download", "1") != "0" else "inline"
     response["Content-Disposition"] = f'{disposition}; filename="{geojson_filename(run)}"'
     response["Cache-Control"] = CACHE_CONTROL
     return response
+
+
+def _gathered(chunks, size: int = 1 << 18):
+    """Small text pieces gathered into writes of about `size` characters."""
+    pending, length = [], 0
+    for chunk in chunks:
+        if len(chunk) >= size:   # a block of features: as it is, not copied once more
+            if pending:
+                yield "".join(pending)
+                pending, length = [], 0
+            yield chunk
+            continue
+        pending.append(chunk)
+        length += len(chunk)
+        if length >= size:
+            yield "".join(pending)
+            pending, length = [], 0
+    if pending:
+        yield "".join(pending)
 
 
 @require_GET

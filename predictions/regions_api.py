@@ -1,8 +1,9 @@
 """The GeoJSON export in the REST API: GET /api/v1/predictions/{id}/runs/{run_id}/regions.geojson
 
 A view of its own, ready to be routed in histoia/api_urls.py (one line, see below); it answers
-exactly what the page's download does (predictions.regions.regions_response), found through the
-prediction's lab like every other API object: another lab's prediction or run is 404.
+exactly what the page's download does (predictions.regions.regions_response: a streamed document
+when the run has per-nucleus detections), found through the prediction's lab like every other
+API object: another lab's prediction or run is 404.
 
     path("predictions/<int:pk>/runs/<int:run_id>/regions.geojson", RunRegionsView.as_view(),
          name="prediction-regions-geojson"),
@@ -35,12 +36,16 @@ class RunRegionsView(APIView):
                     "(`annotation` or `detection`), `classification` {name, color} and numeric `measurements`: "
                     "tissue regions (tissue-area); tiles classified Positive/Negative and the positive region "
                     "(ihc-dab); tiles with nuclei counts (nuclei-density); one region per class and classified "
-                    "tiles (tissue-classifier). 404 until the slide's run has succeeded.",
+                    "tiles (tissue-classifier). A run that keeps every nucleus (centroid and area) also has one "
+                    "`Nucleus` detection per nucleus: a 12-sided polygon of the nucleus's area around its centroid, "
+                    "with `Area px^2` and `Area µm^2` (with a pixel size); that document is streamed, and "
+                    "`histoia.objects` says how many nuclei it holds. 404 until the slide's run has succeeded.",
         parameters=[
             OpenApiParameter("run_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The slide run's id (`runs[].id`)."),
             OpenApiParameter("threshold", OpenApiTypes.FLOAT, description="ihc-dab: DAB-positive fraction of tissue at "
                              "which a tile is Positive (0-1, default 0.1)."),
-            OpenApiParameter("detections", OpenApiTypes.BOOL, description="0 leaves out the per-tile detections."),
+            OpenApiParameter("detections", OpenApiTypes.BOOL, description="0 leaves out the detections: per tile "
+                             "and per nucleus (regions only)."),
         ],
         responses={(200, "application/geo+json"): OpenApiTypes.OBJECT,
                    400: OpenApiResponse(description="`{\"threshold\": [\"...\"]}`"),
