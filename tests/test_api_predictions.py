@@ -6,6 +6,8 @@ import time
 from datetime import timedelta
 
 import pytest
+
+from predictions.pipelines.ihc_dab import IhcDab
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -77,7 +79,7 @@ def test_api_flow_end_to_end(workers, pipelines, alice, alice_api):
     progress = [p for _, p in seen]
     assert progress == sorted(progress)
     assert final["runs"][0]["status"] == "succeeded" and final["runs"][0]["slide"] == slide["id"]
-    assert final["provenance"]["pipeline_version"] == "1.0" and final["provenance"]["trigger"] == "api"
+    assert final["provenance"]["pipeline_version"] == IhcDab.version and final["provenance"]["trigger"] == "api"
 
     # 5. results as JSON and CSV: the stored figures
     stored = SlideRun.objects.get(prediction_id=body["id"])
@@ -197,8 +199,8 @@ def test_submit_of_a_disabled_pipeline_or_without_a_model(api_setup, pipeline_ro
     assert "No enabled model “tissue-classifier-demo”" in response.json()["pipeline"][0]
     pipeline_rows["ihc-dab"].enabled = False
     pipeline_rows["ihc-dab"].save()
-    response = submit(client, experiment=experiment.pk, pipeline="ihc-dab", pipeline_version="1.0")
-    assert response.json() == {"pipeline": ["The pipeline ihc-dab 1.0 is disabled."]}
+    response = submit(client, experiment=experiment.pk, pipeline="ihc-dab", pipeline_version=IhcDab.version)
+    assert response.json() == {"pipeline": [f"The pipeline ihc-dab {IhcDab.version} is disabled."]}
 
 
 def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch, django_capture_on_commit_callbacks):

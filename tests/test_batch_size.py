@@ -3,10 +3,12 @@
 import math
 
 from predictions.pipelines import get_pipeline
+from predictions.pipelines.ihc_dab import IhcDab
+from predictions.pipelines.tissue_classifier import TissueClassifier
 
 
 def test_large_slides_get_fewer_larger_batches_and_small_ones_keep_fine_progress():
-    ihc = get_pipeline("ihc-dab", "1.0")
+    ihc = get_pipeline("ihc-dab", IhcDab.version)
     # A small slide: the old granularity (BATCH_SIZE tiles), so progress moves in small steps.
     assert ihc.batch_size(40, 512) == ihc.BATCH_SIZE
     # A large slide: about BATCH_PIXELS per batch, not hundreds of sub-second tasks.
@@ -21,6 +23,6 @@ def test_large_slides_get_fewer_larger_batches_and_small_ones_keep_fine_progress
 
 
 def test_the_model_pipeline_keeps_its_own_minimum():
-    classifier = get_pipeline("tissue-classifier", "1.0")
+    classifier = get_pipeline("tissue-classifier", TissueClassifier.version)
     assert classifier.batch_size(100, 64) == classifier.BATCH_SIZE == 64
     assert math.ceil(7000 / classifier.batch_size(7000, 64)) == classifier.MIN_BATCHES

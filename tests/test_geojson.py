@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+
+from predictions.pipelines.ihc_dab import IhcDab
 from django.urls import reverse
 from PIL import Image
 from skimage import data
@@ -56,7 +58,7 @@ def test_tissue_mask_contours_scale_to_level_0():
 
 
 def test_ihc_features_from_a_plan_and_rows():
-    code = REGISTRY[("ihc-dab", "1.0")]
+    code = REGISTRY[("ihc-dab", IhcDab.version)]
     plan = Plan(mpp=0.5, analysis_downsample=2.0, tile_size=100, mask_downsample=16.0, mask_shape=(13, 19),
                 grid_shape=(2, 2), tiles=[(0, 0), (0, 1), (1, 1)], tile_tissue=[1.0, 0.5, 0.8])
     rows = [{"tissue_px": 100, "negative_px": 50, "weak_px": 30, "moderate_px": 10, "strong_px": 10},

@@ -9,6 +9,9 @@ import sys
 from datetime import timedelta
 
 import pytest
+
+from predictions.pipelines.ihc_dab import IhcDab
+from predictions.pipelines.tissue_classifier import TissueClassifier
 from django.core.files.base import ContentFile
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -141,7 +144,7 @@ def test_stale_selector_picks_exactly_the_experiments_made_by_an_older_model(his
     # Before: only the result of the older pipeline version is out of date.
     before = stale_experiments("tissue-classifier")
     assert names(before) == {"old_version"}
-    assert before[0].reasons == ["pipeline version 0.9 → 1.0"]
+    assert before[0].reasons == [f"pipeline version 0.9 → {TissueClassifier.version}"]
 
     v2 = register_v2()
     experiments = history["experiments"]
@@ -195,10 +198,12 @@ def test_reanalyse_stale_for_labs_by_name(history, lab_b):
 
 
 def test_current_pipeline_is_the_newest_enabled_version(pipeline_rows):
-    Pipeline.objects.create(name="ihc-dab", version="1.10", title="newer", batch_queue="cpu")
-    assert current_pipeline("ihc-dab").version == "1.10"
-    Pipeline.objects.filter(name="ihc-dab", version="1.10").update(enabled=False)
-    assert current_pipeline("ihc-dab").version == "1.0"
+    # Versions compare as versions: 2.10 is newer than the installed 2.0 (and than a 2.9).
+    Pipeline.objects.create(name="ihc-dab", version="2.9", title="newer", batch_queue="cpu")
+    Pipeline.objects.create(name="ihc-dab", version="2.10", title="newest", batch_queue="cpu")
+    assert current_pipeline("ihc-dab").version == "2.10"
+    Pipeline.objects.filter(name="ihc-dab", version__in=["2.9", "2.10"]).update(enabled=False)
+    assert current_pipeline("ihc-dab").version == IhcDab.version
     assert current_pipeline("nope") is None
 
 

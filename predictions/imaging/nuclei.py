@@ -61,8 +61,8 @@ class NucleusSettings:
 def nuclear_mask(hematoxylin: np.ndarray, settings: NucleusSettings) -> np.ndarray:
     """Boolean mask of nuclear pixels from a hematoxylin OD image.
 
-    Cores pass both thresholds; each core then takes the pixels around it (up to edge_reach_um)
-    that stand above the local background by at least edge_fraction of the core's own mean
+    Cores pass both thresholds; each core is then the pixels in and around it (up to
+    edge_reach_um out) that stand above the local background by at least edge_fraction of the core's own mean
     height (robust to chromatin texture): the half-maximum outline of a blurred object, so pale rims belong to their nucleus
     and nucleus sizes do not depend on how dark the nucleus is.
     """
@@ -77,8 +77,9 @@ def nuclear_mask(hematoxylin: np.ndarray, settings: NucleusSettings) -> np.ndarr
         peaks = np.asarray(ndi.mean(height, labels, np.arange(count + 1)), np.float32)
         peaks[0] = np.inf
         grown = segmentation.expand_labels(labels, distance=settings.px(settings.edge_reach_um))
-        rim = (grown > 0) & (height >= settings.edge_fraction * peaks[grown]) & (height >= settings.local_contrast_od)
-        mask = cores | rim
+        # The outline is the same rule inside and out: a dark nucleus is trimmed to its
+        # half-height outline as a pale one is grown to it.
+        mask = (grown > 0) & (height >= settings.edge_fraction * peaks[grown]) & (height >= settings.local_contrast_od)
     else:
         mask = cores
     mask = ndi.binary_opening(mask, structure=ndi.generate_binary_structure(2, 1))
