@@ -17,6 +17,14 @@ LABELS = {
     "nuclei_count": "Nuclei",
     "nuclei_per_mm2": "Nuclei per mm²",
     "nuclei_per_mpx": "Nuclei per Mpx",
+    "nuclear_area_fraction": "Nuclear area fraction",
+    "nucleus_area_um2_median": "Median nucleus area (µm²)",
+    "nucleus_area_px_median": "Median nucleus area (px)",
+    "tissue_pieces": "Tissue pieces",
+    "stain_mismatch": "Second stain is not DAB",
+    "stain_second": "Second stain (estimated)",
+    "stain_dab_angle_deg": "Second stain's angle to DAB (°)",
+    "stain_estimate": "Stain vectors",
 }
 
 
