@@ -18,24 +18,26 @@ def random_nuclei(n, seed=0, width=WIDTH, height=HEIGHT):
                             rng.uniform(20, 200, n)]).astype(np.float32)
 
 
-def finished_run(experiment, nuclei=None, *, batches=3, mpp=0.5, name="synthetic.svs"):
-    """A succeeded run of nuclei-density on a WIDTH x HEIGHT slide of `experiment`; with
-    `nuclei` ((N, 3) x, y, area) split over `batches` batch files and merged."""
+def finished_run(experiment, nuclei=None, *, batches=3, mpp=0.5, name="synthetic.svs", slide=None):
+    """A succeeded run of nuclei-density on a WIDTH x HEIGHT slide of `experiment` (a row only,
+    no file) or on `slide`; with `nuclei` ((N, 3) x, y, area) split over `batches` batch files
+    and merged."""
     from experiments.models import Slide
     from predictions.catalogue import sync_pipelines
     from predictions.models import Pipeline
 
     sync_pipelines()
     pipeline = Pipeline.objects.filter(name="nuclei-density", installed=True).order_by("-pk").first()
-    slide = Slide.objects.create(experiment=experiment, original_name=name, status=Slide.Status.READY,
-                                 width=WIDTH, height=HEIGHT, mpp=mpp)
-    grid = (HEIGHT // TILE, WIDTH // TILE)
+    if slide is None:
+        slide = Slide.objects.create(experiment=experiment, original_name=name, status=Slide.Status.READY,
+                                     width=WIDTH, height=HEIGHT, mpp=mpp)
+    grid = (-(-slide.height // TILE), -(-slide.width // TILE))
     tiles = [(r, c) for r in range(grid[0]) for c in range(grid[1])][:5]
     plan = Plan(mpp=mpp, analysis_downsample=1.0, tile_size=TILE, mask_downsample=16.0,
-                mask_shape=(HEIGHT // 16, WIDTH // 16), grid_shape=grid, tiles=tiles,
+                mask_shape=(slide.height // 16, slide.width // 16), grid_shape=grid, tiles=tiles,
                 tile_tissue=[1.0] * len(tiles), batch_size=2)
     now = timezone.now()
-    prediction = Prediction.objects.create(experiment=experiment, pipeline=pipeline, status=Status.SUCCEEDED,
+    prediction = Prediction.objects.create(experiment=slide.experiment, pipeline=pipeline, status=Status.SUCCEEDED,
                                            finished_at=now)
     run = SlideRun.objects.create(prediction=prediction, slide=slide, status=Status.SUCCEEDED, plan=plan.to_json(),
                                   finished_at=now)

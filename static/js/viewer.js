@@ -1,5 +1,6 @@
 // The slide viewer: OpenSeadragon on Histo-IA's Deep Zoom tiles, a prediction's result images as
-// overlays (toggle, opacity), the tissue outline and the value of the tile under the pointer.
+// overlays (toggle, opacity), the tissue outline, the value of the tile under the pointer and,
+// for a run that keeps every nucleus, the nuclei in view as outlines once zoomed in.
 // Configuration comes from the page (json_script "viewer-config"); everything is same-origin.
 (() => {
   "use strict";
@@ -73,7 +74,10 @@
   const highlight = document.createElementNS(SVG, "rect");
   highlight.setAttribute("class", "tile-highlight");
   highlight.style.display = "none";
-  group.append(outline, highlight);
+  const nucleiGroup = document.createElementNS(SVG, "g");
+  nucleiGroup.setAttribute("class", "nuclei");
+  nucleiGroup.style.display = "none";
+  group.append(outline, nucleiGroup, highlight);
   svg.append(group);
   viewer.canvas.append(svg);
 
@@ -180,10 +184,126 @@
     window.histoiaViewer.lastTile = tile;
   });
 
+  // -- nuclei: the run's per-nucleus records in view, as circles, once zoomed in -----------------
+  // The server answers at most 5,000 objects a box (GET detections.json?x0=&y0=&x1=&y1=, level-0
+  // px); below NUCLEI_MAX_SPAN level-0 px across the view, a view holds far fewer nuclei than that.
+  const NUCLEI_MAX_SPAN = 1500;   // level-0 px across the view, at most
+  const NUCLEI_MARGIN = 0.15;     // fetch this much more on each side, so a small pan needs nothing
+  const NUCLEI_DEBOUNCE_MS = 200;
+  const nucleiToggle = document.querySelector("[data-nuclei-toggle]");
+  const nucleiStatus = document.querySelector("[data-nuclei-status]");
+  const nucleiNote = document.createElement("div");
+  nucleiNote.className = "viewer-note";
+  nucleiNote.textContent = "Zoom in to see nuclei";
+  nucleiNote.hidden = true;
+  element.append(nucleiNote);
+  const nuclei = { url: null, timer: null, box: null, truncated: false, request: 0, count: 0 };
+  window.histoiaViewer.nuclei = nuclei;
+
+  function setNucleiState(value, count) {
+    element.dataset.nuclei = value;
+    if (count !== undefined) element.dataset.nucleiCount = String(count);
+  }
+
+  function visibleBox() {
+    const item = viewer.world.getItemAt(0);
+    if (!item) return null;
+    const rect = item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+    return { x0: rect.x, y0: rect.y, x1: rect.x + rect.width, y1: rect.y + rect.height };
+  }
+
+  function nucleiWanted() {
+    return Boolean(nuclei.url) && (!nucleiToggle || nucleiToggle.checked);
+  }
+
+  function updateNuclei() {
+    nuclei.timer = null;
+    const view = visibleBox();
+    if (!nucleiWanted() || !view) {
+      nuclei.request += 1;   // an answer still on its way is not drawn
+      nucleiGroup.style.display = "none";
+      nucleiNote.hidden = true;
+      setNucleiState("off");
+      return;
+    }
+    if (view.x1 - view.x0 > NUCLEI_MAX_SPAN) {
+      nuclei.request += 1;
+      nucleiGroup.style.display = "none";
+      nucleiNote.hidden = false;
+      if (nucleiStatus) nucleiStatus.textContent = "zoom in to see them";
+      setNucleiState("zoomed-out");
+      return;
+    }
+    nucleiNote.hidden = true;
+    nucleiGroup.style.display = "";
+    const have = nuclei.box;
+    if (have && !nuclei.truncated && view.x0 >= have.x0 && view.y0 >= have.y0 && view.x1 <= have.x1 && view.y1 <= have.y1) {
+      setNucleiState("shown");   // already drawn with a margin around the view
+      return;
+    }
+    const mx = (view.x1 - view.x0) * NUCLEI_MARGIN, my = (view.y1 - view.y0) * NUCLEI_MARGIN;
+    const box = {
+      x0: Math.max(0, Math.floor(view.x0 - mx)), y0: Math.max(0, Math.floor(view.y0 - my)),
+      x1: Math.min(config.slide.width, Math.ceil(view.x1 + mx)), y1: Math.min(config.slide.height, Math.ceil(view.y1 + my)),
+    };
+    if (box.x1 <= box.x0 || box.y1 <= box.y0) {   // the view is off the slide
+      drawNuclei([], box, false);
+      return;
+    }
+    const request = ++nuclei.request;
+    setNucleiState("loading");
+    const query = new URLSearchParams({ x0: box.x0, y0: box.y0, x1: box.x1, y1: box.y1 });
+    fetch(`${nuclei.url}?${query}`, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
+      .then((data) => { if (request === nuclei.request) drawNuclei(data.objects, box, data.truncated, data.total); })
+      .catch(() => { if (request === nuclei.request) setNucleiState("failed"); });
+  }
+
+  function drawNuclei(objects, box, truncated, total) {
+    const fragment = document.createDocumentFragment();
+    for (const [x, y, r] of objects) {
+      const circle = document.createElementNS(SVG, "circle");
+      circle.setAttribute("cx", x);
+      circle.setAttribute("cy", y);
+      circle.setAttribute("r", Math.max(r, 1));
+      fragment.append(circle);
+    }
+    nucleiGroup.replaceChildren(fragment);
+    nuclei.box = box;
+    nuclei.truncated = truncated;
+    nuclei.count = objects.length;
+    if (nucleiStatus) {
+      nucleiStatus.textContent = truncated
+        ? `${objects.length.toLocaleString("en")} of ${total.toLocaleString("en")} near the view`
+        : `${objects.length.toLocaleString("en")} near the view`;
+    }
+    setNucleiState("shown", objects.length);
+  }
+
+  function scheduleNuclei() {
+    if (!nuclei.url) return;
+    if (nuclei.timer) clearTimeout(nuclei.timer);
+    nuclei.timer = setTimeout(updateNuclei, NUCLEI_DEBOUNCE_MS);
+  }
+  viewer.addHandler("viewport-change", scheduleNuclei);
+  viewer.addHandler("resize", scheduleNuclei);
+  if (nucleiToggle) nucleiToggle.addEventListener("change", () => {
+    nuclei.box = null;   // drawn again from a fresh answer when shown again
+    updateNuclei();
+  });
+
+  function enableNuclei(url) {
+    nuclei.url = url;
+    const panel = document.querySelector("[data-nuclei-panel]");
+    if (panel) panel.hidden = false;
+    scheduleNuclei();
+  }
+
   // -- start ------------------------------------------------------------------------------------
   viewer.addOnceHandler("open", () => {
     addLayers();
     syncSvg();
+    scheduleNuclei();
     element.dataset.ready = "1";
   });
   viewer.addHandler("open-failed", () => {
@@ -197,6 +317,7 @@
         state.data = data;
         data.tiles.forEach((tile, i) => state.index.set(`${tile[0]},${tile[1]}`, i));
         drawOutline(data.tissue_outline || []);
+        if (data.has_detections && data.detections_url) enableNuclei(data.detections_url);
         element.dataset.overlayData = "1";
       })
       .catch(() => { element.dataset.overlayData = "failed"; });
