@@ -107,6 +107,15 @@ def check_qupath_structure(fc, width, height):
     assert len(ids) == len(fc["features"])  # stable, distinct ids (UUIDs)
 
 
+def body(response) -> bytes:
+    """A response's bytes, streamed (a run with per-nucleus detections) or not."""
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+def is_nucleus(feature):
+    return feature["properties"].get("classification", {}).get("name") == "Nucleus"
+
+
 def tile_rows(run):
     return [row for batch in run.batches.order_by("index") for row in batch.rows]
 
@@ -135,7 +144,7 @@ def test_geojson_of_each_pipeline_matches_its_run(workers, pipelines, demo_model
         assert response.status_code == 200, name
         assert response["Content-Type"] == "application/geo+json"
         assert "attachment" in response["Content-Disposition"] and ".geojson" in response["Content-Disposition"]
-        fc = json.loads(response.content)
+        fc = json.loads(body(response))
         check_qupath_structure(fc, run.slide.width, run.slide.height)
         assert fc["histoia"]["run"] == run.pk and fc["histoia"]["pipeline"] == name
         collections[name] = (run, fc)
@@ -171,17 +180,31 @@ def test_geojson_of_each_pipeline_matches_its_run(workers, pipelines, demo_model
     (positive_region,) = [f for f in fc["features"] if f["properties"]["objectType"] == "annotation"]
     assert positive_region["properties"]["measurements"]["Tiles"] == n_positive
     # A stricter threshold (query parameter) gives fewer positive tiles.
-    strict = json.loads(alice_client.get(reverse("predictions:run_regions", args=[run.pk]) + "?threshold=0.6").content)
+    strict = json.loads(body(alice_client.get(reverse("predictions:run_regions", args=[run.pk]) + "?threshold=0.6")))
     strict_pos = [f for f in strict["features"] if f["properties"]["objectType"] == "detection"
                   and f["properties"]["classification"]["name"] == "Positive"]
     assert len(strict_pos) < n_positive
     assert alice_client.get(reverse("predictions:run_regions", args=[run.pk]) + "?threshold=2").status_code == 400
 
-    # nuclei-density: the count of each tile, summing to the slide's nuclei count.
+    # nuclei-density: the count of each tile, summing to the slide's nuclei count, and one Nucleus
+    # detection per nucleus the run kept (its detections file), with its area.
     run, fc = collections["nuclei-density"]
-    counts = [f["properties"]["measurements"]["nuclei"] for f in fc["features"]]
+    counts = [f["properties"]["measurements"]["nuclei"] for f in fc["features"] if not is_nucleus(f)]
     assert counts == [row["nuclei"] for row in tile_rows(run)]
     assert sum(counts) == run.metrics["nuclei_count"]
+    from predictions import detections as detection_files
+
+    nuclei = [f for f in fc["features"] if is_nucleus(f)]
+    assert run.detections
+    records = detection_files.load(run)
+    assert len(nuclei) == len(records) == run.metrics["nuclei_count"] == fc["histoia"]["objects"] > 0
+    assert [f["properties"]["measurements"]["Area px^2"] for f in nuclei] == \
+        pytest.approx(records[:, 2].tolist(), abs=0.051)
+    assert all(f["properties"]["objectType"] == "detection" for f in nuclei)
+    # The viewer's box query finds them too.
+    box = alice_client.get(reverse("predictions:run_detections", args=[run.pk]),
+                           {"x0": 0, "y0": 0, "x1": run.slide.width, "y1": run.slide.height}).json()
+    assert box["total"] == len(records)
 
     # tissue-classifier: each tile's class, and one region per class covering exactly its tiles.
     run, fc = collections["tissue-classifier"]
