@@ -57,23 +57,15 @@ PolygonRings = list[Ring]   # exterior first, then holes
 def tile_records(code, plan: Plan, rows: list[dict]) -> list[dict[str, Any]]:
     """One dict per analysed tile, the columns of the tile table (CSV) plus derived values.
 
-    tile, row, col, x, y, size_px (level-0 px), tissue_fraction, the pipeline's own row, its
-    tile_columns(); nuclei-density also gets nuclei_per_mm2 (or nuclei_per_mpx without a pixel
-    size), the value its heatmap shows.
+    tile, row, col, x, y, size_px (level-0 px), tissue_fraction, the pipeline's own row (less its
+    private "_" keys) and its tile_columns().
     """
     size0 = plan.tile_size_level0
     records = []
     for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
-        record = {"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
-                  "tissue_fraction": tissue, **row, **code.tile_columns(row)}
-        if code.name == "nuclei-density" and "nuclei" in row:
-            tissue_px0 = row.get("tissue_px", 0) * plan.analysis_downsample ** 2
-            if plan.mpp:
-                area = tissue_px0 * plan.mpp ** 2 / 1e6
-                record["nuclei_per_mm2"] = round(row["nuclei"] / area, 3) if area else None
-            else:
-                record["nuclei_per_mpx"] = round(row["nuclei"] / (tissue_px0 / 1e6), 3) if tissue_px0 else None
-        records.append(record)
+        own = {k: v for k, v in row.items() if not k.startswith("_")}
+        records.append({"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
+                        "tissue_fraction": tissue, **own, **code.tile_columns(row, plan)})
     return records
 
 

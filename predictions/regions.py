@@ -42,6 +42,9 @@ def finished_run(user, pk) -> SlideRun:
         .select_related("slide", "prediction__pipeline", "prediction__model"), pk=pk)
     if run.status != Status.SUCCEEDED or not run.plan:
         raise Http404("This slide has no finished result yet.")
+    if not run.prediction.pipeline.installed:
+        # Its figures and images stay readable on the prediction page; shapes need its code.
+        raise Http404(f"This result was made by {run.prediction.pipeline}, which is no longer installed.")
     return run
 
 
