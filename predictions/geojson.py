@@ -20,8 +20,8 @@ What each pipeline exports:
   of tissue is at least `threshold` (else "Negative"), with the per-tile fractions as
   measurements; plus one "Positive" annotation: the positive tiles merged into one region.
 - nuclei-density: one detection per analysed tile with its nuclei count (and density per mm² of
-  tissue when the slide has a pixel size). The pipeline keeps counts per tile, not the nuclei's
-  positions, so there are no nucleus points.
+  section when the slide has a pixel size), and one "Nucleus" detection per nucleus from the
+  run's detections file (nucleus_features_json; streamed by predictions/regions.py).
 - tissue-classifier: one annotation per class, the tiles of that class merged into one region,
   and one detection per tile classified with its class and the class probabilities.
 

@@ -4,6 +4,7 @@ a crashed aggregate need), the box query on the memory-mapped file, and the view
 
 import numpy as np
 import pytest
+from django.http import Http404
 from django.urls import reverse
 
 from predictions import detections, regions
@@ -175,3 +176,14 @@ def test_run_without_detections(alice_client, experiment):
     assert alice_client.get(box_url(run, x0=0, y0=0, x1=10, y1=10)).json() == {"objects": [], "total": 0, "truncated": False}
     overlay = alice_client.get(reverse("predictions:run_overlay", args=[run.pk])).json()
     assert overlay["has_detections"] is False and "detections_url" not in overlay
+
+
+def test_shapes_of_a_result_whose_pipeline_version_is_gone_are_a_404_that_says_so(alice_client, experiment):
+    run = finished_run(experiment, random_nuclei(4))
+    url = reverse("predictions:run_overlay", args=[run.pk])
+    assert alice_client.get(url).status_code == 200
+    pipeline = run.prediction.pipeline
+    type(pipeline).objects.filter(pk=pipeline.pk).update(installed=False)
+    assert alice_client.get(url).status_code == 404
+    with pytest.raises(Http404, match="no longer installed"):
+        regions.finished_run(run.prediction.triggered_by or experiment.lab.members.first(), run.pk)
