@@ -242,10 +242,11 @@ def prepare(run_id: int) -> None:
                                         stain=run.declared_stain)
             run.tissue_mask.name = _store(run, "tissue_mask.png", _png(_mask_image(prepared.mask)))
             run.plan = prepared.plan.to_json()
+            run.stain_estimate = prepared.plan.extras.get("stain")
             run.total_units = len(prepared.plan.tiles) + 2
             run.done_units = 1
             run.timings = {**run.timings, "prepare_s": round(time.monotonic() - started, 3)}
-            run.save(update_fields=["plan", "tissue_mask", "total_units", "done_units", "timings"])
+            run.save(update_fields=["plan", "stain_estimate", "tissue_mask", "total_units", "done_units", "timings"])
             refresh_progress(run.prediction_id)
         plan = Plan.from_json(run.plan)
         done = set(run.batches.values_list("index", flat=True))

@@ -255,6 +255,10 @@ class SlideRun(models.Model):
     tile_table = models.FileField(upload_to=result_path, max_length=300, blank=True)
     # The stain declared for the slide when the prediction was submitted ("" = estimate it).
     declared_stain = models.CharField(max_length=10, blank=True)
+    # The slide's stain as the pipeline estimated it in prepare (vectors, glass white, how they
+    # were found; predictions/imaging/stain.py StainEstimate), kept apart from the plan so pages
+    # that show it never read the plan.
+    stain_estimate = models.JSONField(null=True, blank=True)
     # Per-object detections of the whole slide (e.g. nuclei), a compact .npy file written by
     # aggregate from the batches' files; see predictions/detections.py.
     detections = models.FileField(upload_to=result_path, max_length=300, blank=True)

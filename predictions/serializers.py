@@ -110,7 +110,7 @@ class SlideRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = SlideRun
         fields = ["id", "slide", "slide_name", "slide_sha256", "status", "error", "progress", "done_units",
-                  "total_units", "started_at", "finished_at"]
+                  "total_units", "started_at", "finished_at", "declared_stain", "stain_estimate"]
         read_only_fields = fields
 
 

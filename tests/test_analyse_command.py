@@ -51,3 +51,22 @@ def test_analyse_refuses_a_bad_parameter_with_its_bounds(workers, pipelines):
     assert "Tile size (px) must be at least 64" in result.stderr
     unknown = analyse(workers, "--pipeline", "no-such-pipeline", str(CMU_SLIDE))
     assert unknown.returncode != 0 and "Available:" in unknown.stderr
+
+
+def test_analyse_without_a_stain_estimates_it_and_says_so(workers, pipelines):
+    result = analyse(workers, "--pipeline", "ihc-dab", "--lab", "Skin", "--experiment", "H&E", "--wait", "--json",
+                     str(CMU_SLIDE))
+    assert result.returncode == 0, result.stderr
+    (slide,) = json.loads(result.stdout)["slides"]
+    # The shared slide is H&E: its second stain is eosin, so no DAB figure is reported at all.
+    assert slide["metrics"]["stain_mismatch"] is True and slide["metrics"]["stain_second"] == "eosin"
+    assert slide["metrics"]["dab_positive_fraction"] is None and slide["metrics"]["h_score"] is None
+    assert slide["stain"].startswith("not declared, estimated from the slide (second stain eosin")
+
+
+def test_analyse_with_a_declared_he_stain_refuses_ihc_dab(workers, pipelines):
+    result = analyse(workers, "--pipeline", "ihc-dab", "--lab", "Skin", "--experiment", "H&E declared",
+                     "--stain", "he", str(CMU_SLIDE))
+    assert result.returncode != 0
+    assert "declared H&E: it has no DAB to measure" in result.stderr
+    assert Slide.objects.get(experiment__name="H&E declared").stain == "he"

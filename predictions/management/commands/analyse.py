@@ -12,11 +12,12 @@ from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from experiments.models import Experiment, Lab, Slide
+from experiments.models import Experiment, Lab, Slide, Stain
 from experiments.slide_files import sha256_of
 from experiments.uploads import clean_file_name, display_name
 from predictions import engine
 from predictions.models import Pipeline, Prediction, Status
+from predictions.schedules import current_pipeline
 
 
 class Command(BaseCommand):
@@ -29,13 +30,16 @@ class Command(BaseCommand):
         parser.add_argument("--experiment", default="Command line", help="Experiment name (created if needed).")
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                             help="A pipeline parameter; repeat for several.")
+        parser.add_argument("--stain", choices=[c for c in Stain.values if c],
+                            help="The slides' stain (he: H&E, hdab: hematoxylin-DAB, other). Without it the "
+                                 "stain is the experiment's, or estimated from each slide when none is declared.")
         parser.add_argument("--urgent", action="store_true", help="Run before normal work still waiting.")
         parser.add_argument("--wait", action="store_true", help="Wait for the end, then print the figures.")
         parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
         parser.add_argument("--timeout", type=float, default=24 * 3600, help="Seconds to wait at most.")
 
     def handle(self, *args, **opts):
-        pipeline = Pipeline.objects.enabled().filter(name=opts["pipeline"]).order_by("-version").first()
+        pipeline = current_pipeline(opts["pipeline"])
         if pipeline is None:
             names = ", ".join(sorted(set(Pipeline.objects.enabled().values_list("name", flat=True))))
             raise CommandError(f"No enabled pipeline called {opts['pipeline']!r}. Available: {names}.")
@@ -55,6 +59,10 @@ class Command(BaseCommand):
         slides = [self._slide(experiment, path) for path in paths]
         self._wait_for_validation(slides, opts["timeout"])
         ready = [s for s in slides if s.status == Slide.Status.READY]
+        if opts["stain"]:
+            Slide.objects.filter(pk__in=[s.pk for s in slides]).update(stain=opts["stain"])
+            for s in slides:
+                s.stain = opts["stain"]
         if not ready:
             self._report(None, slides, opts)
             sys.exit(1)
@@ -125,6 +133,7 @@ class Command(BaseCommand):
                 "status": run.status if run else slide.status,
                 "error": (run.error if run else slide.error) or None,
                 "metrics": (run.metrics or {}) if run else {},
+                "stain": _stain(run),
             })
         document = {
             "prediction": prediction.pk if prediction else None,
@@ -152,6 +161,24 @@ class Command(BaseCommand):
         for row in rows:
             if row["error"]:
                 self.stdout.write(f"{row['file']}: {row['error']}")
+        for row in rows:
+            if row["stain"]:
+                self.stdout.write(f"{row['file']}: stain {row['stain']}")
+
+
+def _stain(run) -> str | None:
+    """What the run took the slide's stain to be, in words: declared, or estimated and how."""
+    if run is None:
+        return None
+    estimate = ((run.plan or {}).get("extras") or {}).get("stain")
+    declared = Stain(run.declared_stain).label if run.declared_stain else None
+    if estimate is None:
+        return f"declared {declared}" if declared else None
+    found = (f"second stain {estimate['second_stain']}" +
+             (f", {estimate['angles']['dab_angle']:.0f}° from DAB" if "dab_angle" in estimate.get("angles", {}) else ""))
+    if declared:
+        return f"declared {declared}; vectors estimated from the slide ({found})"
+    return f"not declared, estimated from the slide ({found}; declare it with --stain)"
 
 
 def _fmt(value):
