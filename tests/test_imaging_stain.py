@@ -84,7 +84,9 @@ def test_white_is_the_glass_and_255_without_glass():
     tile = case("hdab_10")
     tissue = np.zeros(tile.rgb.shape[:2], bool)
     tissue[40:-40, 40:-40] = True
-    assert np.allclose(estimate_white(tile.rgb, tissue), WHITE, atol=1)
+    white = np.array(estimate_white(tile.rgb, tissue))
+    # The brightest glass (95th percentile): the generated white plus a noise level or two.
+    assert np.all(white >= np.array(WHITE) - 0.5) and np.all(white <= np.array(WHITE) + 4)
     assert estimate_white(tile.rgb, np.ones_like(tissue)) == (255.0, 255.0, 255.0)
 
 

@@ -72,20 +72,21 @@ def optical_density(rgb: np.ndarray, white=DEFAULT_WHITE) -> np.ndarray:
 
 
 def estimate_white(rgb: np.ndarray, tissue: np.ndarray, min_glass_fraction: float = 0.01) -> tuple[float, float, float]:
-    """The glass intensity of a slide (median RGB of its non-tissue pixels), or 255 without glass.
+    """The glass intensity of a slide, or 255 when too little glass is in view.
 
-    rgb is a low-resolution image of the whole slide and tissue its tissue mask. Pixels OpenSlide
-    paints white outside the scanned area are excluded (exactly 255 in every channel).
+    rgb is a low-resolution image of the whole slide and tissue its tissue mask. Glass is what is
+    outside the tissue, unsaturated and bright; pixels OpenSlide paints white outside the scanned
+    area (exactly 255) are left out. The 95th percentile per channel, not the median: pale
+    tissue the mask left out is darker than glass, never brighter, so the brightest glass is the
+    cleanest estimate (noise moves it by a grey level or two).
     """
     image = to_rgb(np.asarray(rgb))
-    glass = ~np.asarray(tissue, bool) & ~np.all(image == 255, axis=2)
+    hi = image.max(axis=2).astype(np.float32)
+    sat = np.where(hi > 0, (hi - image.min(axis=2)) / np.maximum(hi, 1), 0)
+    glass = ~np.asarray(tissue, bool) & (sat <= 0.05) & (hi >= 180) & ~np.all(image == 255, axis=2)
     if glass.sum() < max(16, min_glass_fraction * glass.size):
         return DEFAULT_WHITE
-    white = np.median(image[glass], axis=0)
-    # Very dark "glass" means the mask missed something (or the slide is all tissue): ignore it.
-    if white.min() < 180:
-        return DEFAULT_WHITE
-    return tuple(float(v) for v in white)
+    return tuple(float(v) for v in np.percentile(image[glass], 95, axis=0))
 
 
 @dataclass
@@ -234,7 +235,10 @@ def _estimate_vectors(od: np.ndarray, white: list[float]) -> StainEstimate:
                              count, angles, "; ".join(note).capitalize() + ".")
     if angles["dab_angle"] <= MAX_DAB_ANGLE_DEG:
         stain = "dab"
-    elif angles["eosin_angle"] < angles["dab_angle"]:
+    elif int(np.argmax(second)) == 1:
+        # Absorbs green most, i.e. looks pink to red-purple: eosin's family (DAB, brown, absorbs
+        # blue most). Real eosins sit 20-30° from the textbook vector, so the angle alone cannot
+        # name them.
         stain = "eosin"
     else:
         stain = "other"
