@@ -1,4 +1,5 @@
-"""Create a demo lab, a lab member and an admin, register the demo model, and print how to log in.
+"""Create a demo lab, a lab member and an admin, register the demo model, make the Validation
+experiment (seed_validation: finished predictions of every pipeline) and print how to log in.
 
 Used by `make run` on a fresh machine. Passwords come from the environment when set
 (DEMO_PASSWORD), otherwise a random one is made and printed once.
@@ -6,8 +7,10 @@ Used by `make run` on a fresh machine. Passwords come from the environment when 
 
 import os
 import secrets
+import time
 
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from experiments.models import Lab
@@ -15,9 +18,15 @@ from predictions.catalogue import register_demo_model
 
 
 class Command(BaseCommand):
-    help = "Create the demo lab with an admin and a lab member (does nothing if they exist)."
+    help = ("Create the demo lab with an admin and a lab member, and its Validation experiment "
+            "(does nothing for what exists).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-validation", action="store_true",
+                            help="Leave out the Validation experiment (users and demo model only).")
 
     def handle(self, *args, **options):
+        started = time.monotonic()
         User = get_user_model()
         lab, _ = Lab.objects.get_or_create(name="Demo lab")
         register_demo_model()
@@ -30,6 +39,9 @@ class Command(BaseCommand):
                                             is_staff=is_admin, is_superuser=is_admin)
             lab.members.add(user)
             created.append((username, password, "admin" if is_admin else "lab member"))
+        if not options["no_validation"]:
+            call_command("seed_validation", stdout=self.stdout, stderr=self.stderr)
+        self.stdout.write(f"Demo seed done in {time.monotonic() - started:.0f} s.")
         if not created:
             self.stdout.write("Demo lab and users already exist (reset a password with "
                               "`python manage.py changepassword admin`).")
