@@ -285,18 +285,37 @@ class Pipeline(ABC):
     def estimate(self, reader: SlideReader, prepared: Prepared, low, params: dict, stain: str) -> None:
         """Per-slide estimates a pipeline needs (e.g. stain vectors) into prepared.plan.extras."""
 
-    # Tiles sampled across the tissue for the stain estimate (bounded work, spread over the slide).
-    STAIN_SAMPLE_TILES = 12
+    # Windows sampled across the tissue for the stain estimate: bounded work, spread over the
+    # slide, and placed by the tissue mask alone (not by the tile grid), so the estimate and
+    # every figure scaled by it do not depend on the tile size.
+    STAIN_SAMPLE_WINDOWS = 12
+    STAIN_SAMPLE_SIDE = 512     # pixels at the analysis resolution
 
     def slide_stains(self, reader: SlideReader, prepared: Prepared, low) -> StainEstimate:
-        """The slide's glass white and stain vectors, from tissue tiles spread over the slide."""
+        """The slide's glass white and stain vectors, from tissue windows spread over the slide."""
         plan, mask = prepared.plan, prepared.mask
         white = estimate_white(low, mask)
-        count = min(self.STAIN_SAMPLE_TILES, len(plan.tiles))
-        if count == 0:
+        tissue = np.flatnonzero(mask)
+        if tissue.size == 0:
             return StainEstimate.reference(white=white, note="No tissue: reference vectors used.")
-        picks = sorted({round(i * (len(plan.tiles) - 1) / max(count - 1, 1)) for i in range(count)})
-        pixels = [self.read_tile(reader, plan, i)[self.tile_mask(plan, mask, i)] for i in picks]
+        count = min(self.STAIN_SAMPLE_WINDOWS, tissue.size)
+        picks = tissue[np.linspace(0, tissue.size - 1, count).round().astype(int)]
+        ds = plan.analysis_downsample
+        level = reader.best_level_for_downsample(ds)
+        level_ds = reader.level_downsamples[level]
+        side0 = self.STAIN_SAMPLE_SIDE * ds
+        pixels = []
+        for index in picks:
+            r, c = divmod(int(index), mask.shape[1])
+            x0 = round((c + 0.5) * plan.mask_downsample - side0 / 2)
+            y0 = round((r + 0.5) * plan.mask_downsample - side0 / 2)
+            size = max(1, round(side0 / level_ds))
+            window = reader.read_region((x0, y0), level, (size, size))
+            ys = ((y0 + (np.arange(size) + 0.5) * level_ds) / plan.mask_downsample).astype(int)
+            xs = ((x0 + (np.arange(size) + 0.5) * level_ds) / plan.mask_downsample).astype(int)
+            inside = (ys[:, None] >= 0) & (ys[:, None] < mask.shape[0]) & (xs[None, :] >= 0) & (xs[None, :] < mask.shape[1])
+            on_tissue = inside & mask[np.clip(ys, 0, mask.shape[0] - 1)[:, None], np.clip(xs, 0, mask.shape[1] - 1)[None, :]]
+            pixels.append(window[on_tissue])
         return estimate_stains(np.concatenate(pixels), white)
 
     def check_stain(self, stain: str) -> str | None:
