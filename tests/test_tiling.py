@@ -66,3 +66,14 @@ def test_past_the_edge_of_a_plain_image_is_glass(ihc_png):
     assert np.array_equal(inside, np.asarray(Image.open(ihc_png).convert("RGB")))
     before = reader.read_region((-10, -10), 0, (20, 20))
     assert (before[:10] == 255).all() and np.array_equal(before[10:, 10:], inside[:10, :10])
+
+
+def test_real_slide_figures_do_not_depend_on_the_tile_size():
+    """The shared H&E slide: its stain estimate, thresholds and nuclei are the same at any tiling."""
+    from tests.conftest import CMU_SLIDE
+
+    small = analyse(NucleiDensity(), CMU_SLIDE, tile_size=256)
+    large = analyse(NucleiDensity(), CMU_SLIDE, tile_size=512)
+    assert small["nuclei_count"] == pytest.approx(large["nuclei_count"], rel=0.02)
+    assert small["nuclear_area_fraction"] == pytest.approx(large["nuclear_area_fraction"], rel=0.02)
+    assert small["nucleus_area_um2_median"] == pytest.approx(large["nucleus_area_um2_median"], rel=0.02)
