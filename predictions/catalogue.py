@@ -44,8 +44,11 @@ def demo_model_card(meta: dict) -> dict:
 
 
 def register_demo_model(user=None):
-    """Register the shipped demo tile classifier once; returns the row.
+    """Register the shipped demo tile classifier (the version in model.json) once; returns its row.
 
+    The version is added beside the rows of older versions, which stay for history: an install
+    that registered version 1 gets version 2 as a new row, the newest of the family, so
+    engine.current_model() picks it and the stale-model schedule re-runs results made with v1.
     A row already registered under the same name and version keeps its file, sha256 and enabled
     flag, but its model card is brought up to date with model.json, so existing installs say
     what the demo model is.

@@ -71,7 +71,7 @@ def test_classify_returns_probabilities():
 def test_demo_model_manifest_matches_the_file():
     meta = json.loads((DEMO / "model.json").read_text())
     data = (DEMO / meta["file"]).read_bytes()
-    assert meta["name"] == "tissue-classifier-demo" and meta["version"] == "1"
+    assert meta["name"] == "tissue-classifier-demo" and meta["version"] == "2"
     assert meta["class_names"] == ["background", "stroma", "cellular"]
     assert hashlib.sha256(data).hexdigest() == meta["sha256"]
     assert len(data) < 500_000

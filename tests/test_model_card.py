@@ -114,7 +114,7 @@ def test_new_prediction_page_shows_the_card_and_the_demo_badge(rows, demo, alice
     page = alice_client.get(f"/predictions/new/{experiment.pk}/?pipeline={rows['tissue-classifier'].pk}")
     html = page.content.decode()
     assert page.status_code == 200
-    assert "Model card: tissue-classifier-demo" in html and "version 1" in html
+    assert "Model card: tissue-classifier-demo" in html and "version 2" in html
     assert BADGE in html and "data-not-for-diagnosis" in html
     assert "cmu-1-small-region.svs" in html
     assert "<strong>stroma</strong>: tissue with few nuclei per area" in html

@@ -129,7 +129,8 @@ def history(pipeline_rows, alice, lab_a, lab_b, experiment):
 
 
 def register_v2():
-    model = RegisteredModel(name="tissue-classifier-demo", version="2", tile_size=224, mpp=1.0, mean=[0.5] * 3,
+    # A version newer than the shipped demo model's (version 2 since its retraining).
+    model = RegisteredModel(name="tissue-classifier-demo", version="3", tile_size=224, mpp=1.0, mean=[0.5] * 3,
                             std=[0.25] * 3, class_names=["background", "tissue"])
     model.file.save("v2.pt", ContentFile(b"other weights"), save=False)
     model.save()
