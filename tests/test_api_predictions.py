@@ -96,7 +96,7 @@ def test_api_flow_end_to_end(workers, pipelines, alice, alice_api):
     for name, value in stored.metrics.items():
         if value is None:
             assert csv_row[name] == ""
-        elif isinstance(value, bool):
+        elif isinstance(value, (bool, str)):
             assert csv_row[name] == str(value)
         else:
             assert float(csv_row[name]) == pytest.approx(value), name
