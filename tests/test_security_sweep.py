@@ -61,8 +61,8 @@ def lab_a_objects(alice, lab_a, pipelines, django_capture_on_commit_callbacks):
     slide.save()
     validate_slide(SAME_ID)
     prediction = Prediction.objects.create(pk=SAME_ID, experiment=experiment, pipeline=pipelines["nuclei-density"],
-                                           params={"tile_size": 512, "analysis_mpp": 0.5, "min_tissue": 0.25,
-                                                   "min_area_um2": 12.0, "max_area_um2": 400.0},
+                                           params=pipelines["nuclei-density"].code.parse_params(
+                                               {"tile_size": 512, "min_tissue": 0.25}),
                                            status=Status.RUNNING, triggered_by=alice)
     SlideRun.objects.create(pk=SAME_ID, prediction=prediction, slide=slide, status=Status.RUNNING)
     # The task bodies, run in-process to build a finished result (queueing is tested elsewhere).
