@@ -9,6 +9,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from predictions.pipelines.tissue_area import TissueArea
 from tests.browser import chromium, click_through, log_in, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE
 
@@ -41,7 +42,7 @@ def test_lab_member_runs_tissue_area_and_reads_the_figures(workers, pipelines, l
     screenshot(browser, "page-experiment")
 
     click_through(browser, browser.find_element(By.LINK_TEXT, "Run a pipeline…"))
-    Select(browser.find_element(By.NAME, "pipeline")).select_by_visible_text("Tissue area (tissue-area 1.0)")
+    Select(browser.find_element(By.NAME, "pipeline")).select_by_visible_text(f"Tissue area (tissue-area {TissueArea.version})")
     wait_in_page(lambda: "Otsu" in browser.page_source, message="pipeline description")
     screenshot(browser, "page-run-pipeline")
     click_through(browser, browser.find_element(By.CSS_SELECTOR, "button[name=submit]"))

@@ -112,9 +112,10 @@ def tissue_mask(
 ) -> np.ndarray:
     """Boolean HxW mask of tissue pixels in an RGB(A) uint8 image.
 
-    min_saturation: fixed saturation threshold; None picks Otsu's threshold, kept within
-        [SATURATION_FLOOR, MAX_SATURATION_THRESHOLD], and answers "no tissue" when the pixels
-        above Otsu's threshold are themselves no more saturated than glass.
+    min_saturation: fixed saturation threshold, then the only test; None picks Otsu's threshold,
+        kept within [SATURATION_FLOOR, MAX_SATURATION_THRESHOLD], adds pale_tissue() (coloured
+        absorbance), and answers "no tissue" when the pixels above Otsu's threshold are
+        themselves no more saturated than glass.
     min_object_px: tissue pieces smaller than this are dropped (callers derive it from µm²).
     min_hole_px: holes in tissue smaller than this are filled (default: min_object_px).
     closing_radius: radius in pixels of the closing that joins fragments of loose tissue.
@@ -140,7 +141,10 @@ def tissue_mask(
     if pen.any():
         # Ink and its anti-aliased rim: a pixel or two around each stroke.
         pen = morphology.dilation(pen, morphology.disk(1))
-    mask = ((sat > threshold) | pale_tissue(image)) & opaque & ~pen
+    coloured = sat > threshold
+    if min_saturation is None:
+        coloured |= pale_tissue(image)
+    mask = coloured & opaque & ~pen
     if closing_radius > 0:
         mask = morphology.closing(mask, morphology.disk(closing_radius)) & ~pen
     if min_object_px > 1:
