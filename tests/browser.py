@@ -83,3 +83,24 @@ def click_through(browser, element, timeout=30):
             return browser.execute_script("return document.readyState") == "complete"
 
     wait_for(next_page_loaded, timeout=timeout, message="the next page to load")
+
+
+def viewer_browser():
+    """Chromium for pages that need the slide viewer: fails when OpenSeadragon is missing though
+    npm could install it, skips when npm is missing. Use as `pytest.fixture(viewer_browser)`."""
+    from django.contrib.staticfiles import finders
+
+    from experiments.viewer import OPENSEADRAGON_JS
+
+    if not finders.find(OPENSEADRAGON_JS):
+        message = "OpenSeadragon is not in static/vendor/: run `make static-vendor`"
+        if shutil.which("npm"):
+            pytest.fail(message)
+        pytest.skip(message + " (needs npm, which this machine lacks)")
+    b = chromium()
+    yield b
+    b.quit()
+
+
+def js(browser, script, *args):
+    return browser.execute_script(script, *args)

@@ -2,32 +2,16 @@
 view is wide, circles appear once zoomed in (those near the view, from detections.json), and go
 away again when zoomed out. No workers: the run is built in the database on a real slide."""
 
-import shutil
 
 import pytest
-from django.contrib.staticfiles import finders
 from selenium.webdriver.common.by import By
 
-from experiments.viewer import OPENSEADRAGON_JS
-from tests.browser import chromium, log_in, screenshot, wait_in_page
+from tests.browser import js, viewer_browser, log_in, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE
 from tests.nuclei_runs import finished_run, random_nuclei
 
 
-@pytest.fixture
-def browser():
-    if not finders.find(OPENSEADRAGON_JS):
-        message = "OpenSeadragon is not in static/vendor/: run `make static-vendor`"
-        if shutil.which("npm"):
-            pytest.fail(message)
-        pytest.skip(message + " (needs npm, which this machine lacks)")
-    b = chromium()
-    yield b
-    b.quit()
-
-
-def js(browser, script, *args):
-    return browser.execute_script(script, *args)
+browser = pytest.fixture(viewer_browser, name="browser")
 
 
 def test_nuclei_outlines_appear_when_zoomed_in(transactional_db, make_slide, live_server, browser, alice):

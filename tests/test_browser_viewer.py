@@ -2,37 +2,21 @@
 zoom in to full resolution, read a tile's value, toggle and fade the overlay, and take a
 screenshot. A member of another lab gets 404 on the same tiles."""
 
-import shutil
 
 import pytest
-from django.contrib.staticfiles import finders
 from django.urls import reverse
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from experiments import deepzoom
-from experiments.viewer import OPENSEADRAGON_JS
 from predictions import engine
-from tests.browser import chromium, click_through, log_in, screenshot, wait_in_page
+from tests.browser import js, viewer_browser, click_through, log_in, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE, wait_final
 
 pytestmark = pytest.mark.worker
 
 
-@pytest.fixture
-def browser():
-    if not finders.find(OPENSEADRAGON_JS):
-        message = "OpenSeadragon is not in static/vendor/: run `make static-vendor`"
-        if shutil.which("npm"):
-            pytest.fail(message)
-        pytest.skip(message + " (needs npm, which this machine lacks)")
-    b = chromium()
-    yield b
-    b.quit()
-
-
-def js(browser, script, *args):
-    return browser.execute_script(script, *args)
+browser = pytest.fixture(viewer_browser, name="browser")
 
 
 def status_of(browser, url):
