@@ -15,6 +15,12 @@ $(VENV)/.installed: requirements.txt $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
+# Histo-IA itself, installed in place (editable): its pipelines are found through their
+# entry points, the built-in ones too (pyproject.toml, predictions/pipelines/__init__.py).
+$(VENV)/.installed-code: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
@@ -33,8 +39,8 @@ $(OSD_JS): package-lock.json
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory static-vendor; \
 	else echo "npm not found: the slide viewer stays off (install Node.js/npm, then run 'make static-vendor')."; fi
 
-install: $(VENV)/.installed $(OSD_JS)
-install-test: $(VENV)/.installed-test $(OSD_JS)
+install: $(VENV)/.installed $(VENV)/.installed-code $(OSD_JS)
+install-test: $(VENV)/.installed-test $(VENV)/.installed-code $(OSD_JS)
 
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput

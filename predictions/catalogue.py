@@ -15,9 +15,10 @@ def sync_pipelines(**kwargs) -> None:
     A row whose code is gone stays (history points at it) but is marked not installed.
     """
     from .models import Pipeline
-    from .pipelines import REGISTRY
+    from .pipelines import installed
 
-    for (name, version), code in REGISTRY.items():
+    registry = installed()
+    for (name, version), code in registry.items():
         row, created = Pipeline.objects.get_or_create(name=name, version=version, defaults={
             "title": code.title, "description": code.description})
         row.installed = True
@@ -27,7 +28,7 @@ def sync_pipelines(**kwargs) -> None:
         row.model_name = code.model_name or ""
         row.save()
     for row in Pipeline.objects.filter(installed=True):
-        if (row.name, row.version) not in REGISTRY:
+        if (row.name, row.version) not in registry:
             Pipeline.objects.filter(pk=row.pk).update(installed=False)
 
 

@@ -380,14 +380,11 @@ def _store(run: SlideRun, filename: str, content: ContentFile) -> str:
 def tile_table_csv(code, plan: Plan, rows: list[dict]) -> str:
     """One line per analysed tile: where it is (level-0 px), its tissue fraction and figures."""
     out = io.StringIO()
-    size0 = plan.tile_size_level0
-    fields = ["tile", "row", "col", "x", "y", "size_px", "tissue_fraction"]
-    extra = [k for k in rows[0] if not k.startswith("_")] + list(code.tile_columns(rows[0], plan)) if rows else []
-    writer = csv.DictWriter(out, fieldnames=fields + extra, extrasaction="ignore")
+    records = code.tile_records(plan, rows)
+    fields = list(records[0]) if records else ["tile", "row", "col", "x", "y", "size_px", "tissue_fraction"]
+    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
-        writer.writerow({"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
-                         "tissue_fraction": tissue, **row, **code.tile_columns(row, plan)})
+    writer.writerows(records)
     return out.getvalue()
 
 

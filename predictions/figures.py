@@ -1,38 +1,18 @@
-"""How figures are shown to people: labels and units for the stable metric names.
+"""How figures are shown to people: labels for the stable metric names, values as read.
 
-The names themselves (README, "Figures") never change; pages show these labels beside them.
+The names themselves (README, "Figures") never change; each pipeline declares its figures'
+labels and units (BasePipeline.figures), and pages show the label beside the name.
 """
 
-LABELS = {
-    "tissue_area_mm2": "Tissue area (mm²)",
-    "tissue_area_px": "Tissue area (px)",
-    "tissue_fraction": "Tissue fraction",
-    "mpp_missing": "No pixel size",
-    "tiles_analysed": "Tiles analysed",
-    "dab_positive_fraction": "DAB-positive fraction",
-    "dab_weak_fraction": "Weak fraction",
-    "dab_moderate_fraction": "Moderate fraction",
-    "dab_strong_fraction": "Strong fraction",
-    "h_score": "H-score (0–300)",
-    "nuclei_count": "Nuclei",
-    "nuclei_per_mm2": "Nuclei per mm²",
-    "nuclei_per_mpx": "Nuclei per Mpx",
-    "nuclear_area_fraction": "Nuclear area fraction",
-    "nucleus_area_um2_median": "Median nucleus area (µm²)",
-    "nucleus_area_px_median": "Median nucleus area (px)",
-    "tissue_pieces": "Tissue pieces",
-    "stain_mismatch": "Second stain is not DAB",
-    "stain_second": "Second stain (estimated)",
-    "stain_dab_angle_deg": "Second stain's angle to DAB (°)",
-    "stain_estimate": "Stain vectors",
-}
-
-
 def label(name: str) -> str:
-    if name in LABELS:
-        return LABELS[name]
-    if name.startswith("class_fraction_"):
-        return f"{name.removeprefix('class_fraction_').replace('_', ' ').capitalize()} fraction"
+    """The label of a figure as its pipeline declares it (the names are shared: tissue_area_mm2
+    means the same in every pipeline), else the name in words."""
+    from .pipelines import installed
+
+    for code in installed().values():
+        figure = code.figure(name)
+        if figure is not None:
+            return figure.label_for(name)
     return name.replace("_", " ").capitalize()
 
 
@@ -55,12 +35,15 @@ def display(value) -> str:
     return str(value)
 
 
-# The per-tile value plotted as a distribution on the prediction page, per pipeline.
-TILE_VALUE = {
-    "ihc-dab": ("DAB-positive fraction per tile",
-                lambda r: (r["weak_px"] + r["moderate_px"] + r["strong_px"]) / r["tissue_px"] if r["tissue_px"] else None),
-    "nuclei-density": ("Nuclei per tile", lambda r: r["nuclei"]),
-}
+def tile_distribution(code, plan, rows: list[dict]) -> dict | None:
+    """The pipeline's tile value (its tile_value, when it has a plot title) over a slide's tiles,
+    as a histogram for the prediction page; None when there is nothing to plot."""
+    value = code.tile_value
+    if value is None or not value.plot_title:
+        return None
+    numbers = [rec.get(value.column) for rec in code.tile_records(plan, rows)]
+    plot = histogram([v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)])
+    return {"title": value.plot_title, **plot} if plot else None
 
 
 def histogram(values: list[float], bins: int = 12) -> dict | None:

@@ -28,7 +28,7 @@ from PIL import Image
 from . import detections as detection_files
 from . import geojson
 from .models import Prediction, SlideRun, Status
-from .pipelines import Plan
+from .pipelines import ParamError, Plan
 
 CACHE_CONTROL = "private, max-age=300"
 # The viewer's box query: at most this many objects an answer.
@@ -70,43 +70,30 @@ def read_mask(data: bytes) -> np.ndarray:
     return np.asarray(image.convert("L")) > 127
 
 
-def _threshold(request) -> float:
-    raw = request.GET.get("threshold")
-    if raw in (None, ""):
-        return geojson.DEFAULT_POSITIVE_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("threshold must be a number from 0 to 1")
-    return value
-
-
-def regions_collection(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT_POSITIVE_THRESHOLD,
-                       detections: bool = True) -> dict:
+def regions_collection(run: SlideRun, *, options: dict | None = None, detections: bool = True) -> dict:
     """The run's GeoJSON FeatureCollection without its per-object detections (regions and
-    tiles: the API can answer with this as it is). regions_chunks adds the objects, streamed."""
+    tiles: the API can answer with this as it is). regions_chunks adds the objects, streamed.
+    options: the pipeline's export options, parsed (its defaults when None)."""
     code, plan, rows, mask = _inputs(run)
     prediction = run.prediction
+    options = code.parse_export_options({}) if options is None else options
     return geojson.feature_collection(
         code, plan, rows, mask, run.slide.width, run.slide.height,
         key=f"run-{run.pk}", class_names=(prediction.model.class_names if prediction.model_id else ()),
-        positive_threshold=positive_threshold, detections=detections,
+        options=options, detections=detections,
         provenance={"prediction": prediction.pk, "run": run.pk, "slide": run.slide.original_name,
                     "slide_sha256": run.slide_sha256, "pipeline": prediction.pipeline.name,
                     "pipeline_version": prediction.pipeline.version,
                     "model_sha256": prediction.model_sha256 or None,
-                    "positive_threshold": positive_threshold if code.name == "ihc-dab" else None,
+                    "export_options": options,
                     "units": "level-0 pixels, origin top-left, y down"})
 
 
-def regions_chunks(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT_POSITIVE_THRESHOLD,
-                   detections: bool = True):
+def regions_chunks(run: SlideRun, *, options: dict | None = None, detections: bool = True):
     """The whole GeoJSON as text pieces: regions_collection's features, then (with detections
     and a detections file) one QuPath detection per object, NUCLEUS_BLOCK objects at a time.
     The provenance ("histoia") then says how many ("objects")."""
-    collection = regions_collection(run, positive_threshold=positive_threshold, detections=detections)
+    collection = regions_collection(run, options=options, detections=detections)
     blocks = ()
     if detections and run.detections:
         records = detection_files.load(run)
@@ -114,7 +101,8 @@ def regions_chunks(run: SlideRun, *, positive_threshold: float = geojson.DEFAULT
         if "histoia" in collection:
             collection["histoia"]["objects"] = len(records)
         blocks = geojson.nucleus_feature_blocks(records, key=f"run-{run.pk}", mpp=plan.mpp,
-                                                width=run.slide.width, height=run.slide.height)
+                                                width=run.slide.width, height=run.slide.height,
+                                                path_class=run.prediction.pipeline.code.detection_class)
     return geojson.collection_chunks(collection, blocks)
 
 
@@ -126,24 +114,27 @@ def geojson_filename(run: SlideRun) -> str:
 def regions_response(request, run: SlideRun) -> HttpResponse:
     """The GeoJSON download of a run already found in the user's labs (page and API alike).
 
-    Query: threshold (0-1, ihc-dab's Positive cut-off, default 0.1), detections=0 (regions only:
-    no tiles, no objects), download=0 (inline instead of attachment). 404 until the run has
-    succeeded; 400 for a bad threshold. A run with a detections file (one record per nucleus) is
+    Query: the pipeline's export options (e.g. a Positive cut-off, see its export_options),
+    detections=0 (regions only: no tiles, no objects), download=0 (inline instead of attachment).
+    404 until the run has succeeded; 400 for a bad option, with the reason under its name. A run with a detections file (one record per nucleus) is
     answered as a StreamingHttpResponse; any other as before, in one piece.
     """
     if run.status != Status.SUCCEEDED or not run.plan:
         raise Http404("This slide has no finished result yet.")
-    try:
-        threshold = _threshold(request)
-    except ValueError as exc:
-        return JsonResponse({"threshold": [str(exc)]}, status=400)
+    code = run.prediction.pipeline.code
+    options = {}
+    for param in code.export_options:
+        try:
+            options[param.name] = param.parse(request.GET.get(param.name))
+        except ParamError as exc:
+            return JsonResponse({param.name: [str(exc)]}, status=400)
     detections = request.GET.get("detections", "1").lower() not in ("0", "false", "no", "off")
     if detections and run.detections:
-        chunks = regions_chunks(run, positive_threshold=threshold, detections=detections)
+        chunks = regions_chunks(run, options=options, detections=detections)
         response = StreamingHttpResponse((chunk.encode() for chunk in _gathered(chunks)),
                                          content_type="application/geo+json")
     else:
-        data = regions_collection(run, positive_threshold=threshold, detections=detections)
+        data = regions_collection(run, options=options, detections=detections)
         response = HttpResponse(json.dumps(data, separators=(",", ":"), ensure_ascii=False),
                                 content_type="application/geo+json")
     disposition = "attachment" if request.GET.get("download", "1") != "0" else "inline"

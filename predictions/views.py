@@ -19,6 +19,7 @@ from . import engine, figures, queueing
 from .filters import PredictionFilter
 from .forms import PredictionForm
 from .models import Pipeline, Prediction, SlideRun, Status
+from .pipelines import Plan
 
 
 def _prediction(request, pk):
@@ -176,19 +177,17 @@ def _detail_context(prediction, with_plots=False):
         run.metric_values = [(run.metrics or {}).get(k) for k in metric_names]
         run.metric_display = [figures.display(v) for v in run.metric_values]
         if with_plots and run.status == Status.SUCCEEDED:
-            run.plot = _tile_plot(prediction.pipeline.name, run)
+            run.plot = _tile_plot(prediction.pipeline, run)
     return {"prediction": prediction, "runs": runs, "metric_names": metric_names,
             "metric_labels": [(n, figures.label(n)) for n in metric_names],
             "provenance": prediction.provenance(), "eta": queueing.eta_seconds(prediction)}
 
 
-def _tile_plot(pipeline_name, run):
-    if pipeline_name not in figures.TILE_VALUE:
+def _tile_plot(pipeline, run):
+    if not pipeline.installed or not run.plan:
         return None
-    title, value = figures.TILE_VALUE[pipeline_name]
     rows = [row for batch in run.batches.order_by("index").values_list("rows", flat=True) for row in batch]
-    plot = figures.histogram([value(r) for r in rows])
-    return {"title": title, **plot} if plot else None
+    return figures.tile_distribution(pipeline.code, Plan.from_json(run.plan), rows)
 
 
 @require_POST

@@ -13,7 +13,7 @@ from skimage import data
 
 from predictions import engine, geojson
 from predictions.models import Status
-from predictions.pipelines import REGISTRY, Plan
+from predictions.pipelines import Plan, get_pipeline
 from tests.conftest import CMU_SLIDE, wait_final
 
 
@@ -58,13 +58,13 @@ def test_tissue_mask_contours_scale_to_level_0():
 
 
 def test_ihc_features_from_a_plan_and_rows():
-    code = REGISTRY[("ihc-dab", IhcDab.version)]
+    code = get_pipeline("ihc-dab", IhcDab.version)
     plan = Plan(mpp=0.5, analysis_downsample=2.0, tile_size=100, mask_downsample=16.0, mask_shape=(13, 19),
                 grid_shape=(2, 2), tiles=[(0, 0), (0, 1), (1, 1)], tile_tissue=[1.0, 0.5, 0.8])
     rows = [{"tissue_px": 100, "negative_px": 50, "weak_px": 30, "moderate_px": 10, "strong_px": 10},
             {"tissue_px": 100, "negative_px": 95, "weak_px": 5, "moderate_px": 0, "strong_px": 0},
             {"tissue_px": 0, "negative_px": 0, "weak_px": 0, "moderate_px": 0, "strong_px": 0}]
-    fc = geojson.feature_collection(code, plan, rows, None, width=300, height=210, key="t", positive_threshold=0.2)
+    fc = geojson.feature_collection(code, plan, rows, None, width=300, height=210, key="t", options={"threshold": 0.2})
     detections = [f for f in fc["features"] if f["properties"]["objectType"] == "detection"]
     annotations = [f for f in fc["features"] if f["properties"]["objectType"] == "annotation"]
     assert [f["properties"]["classification"]["name"] for f in detections] == ["Positive", "Negative", "Negative"]
@@ -171,7 +171,7 @@ def test_geojson_of_each_pipeline_matches_its_run(workers, pipelines, demo_model
         expected = (row["weak_px"] + row["moderate_px"] + row["strong_px"]) / row["tissue_px"] if row["tissue_px"] else None
         measured = feature["properties"]["measurements"].get("dab_positive_fraction")
         assert measured == pytest.approx(expected, abs=1e-6) if expected is not None else measured is None
-        positive = expected is not None and expected >= geojson.DEFAULT_POSITIVE_THRESHOLD
+        positive = expected is not None and expected >= 0.10  # the default Positive cut-off
         n_positive += positive
         assert feature["properties"]["classification"]["name"] == ("Positive" if positive else "Negative")
         x0, y0 = feature["geometry"]["coordinates"][0][0]

@@ -55,7 +55,7 @@ from predictions.imaging.synthetic import (  # noqa: E402
     smooth_field,
 )
 from predictions.imaging.tissue import tissue_mask  # noqa: E402
-from predictions.pipelines.base import Pipeline  # noqa: E402
+from predictions.pipelines.base import BasePipeline  # noqa: E402
 from predictions.pipelines.nuclei_density import NucleiDensity  # noqa: E402
 
 NAME = "tissue-classifier-demo"
@@ -151,8 +151,8 @@ class RuleJob:
         self.small = downsample(self.level0, factor)
         # The tissue mask at the model's resolution, with the pipelines' sizes in µm².
         px = (mpp * factor) ** 2
-        self.mask_small = tissue_mask(self.small, min_object_px=math.ceil(Pipeline.MIN_TISSUE_UM2 / px),
-                                      min_hole_px=math.ceil(Pipeline.MIN_HOLE_UM2 / px))
+        self.mask_small = tissue_mask(self.small, min_object_px=math.ceil(BasePipeline.MIN_TISSUE_UM2 / px),
+                                      min_hole_px=math.ceil(BasePipeline.MIN_HOLE_UM2 / px))
         self.mask0 = np.repeat(np.repeat(self.mask_small, factor, axis=0), factor, axis=1)
         white = estimate_white(self.small, self.mask_small)
         self.stains = estimate_stains(self.level0[self.mask0], white)

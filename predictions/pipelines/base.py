@@ -16,16 +16,44 @@ tasks) runs its steps on the queues they declare:
 Figures are in physical units (µm, µm², OD) and their names are stable snake_case with the unit
 in the name (see README, "Figures"). Tissue sizes are µm² (level-0 px² when a slide has no pixel
 size). A tile is read the same way whatever the tiling: past the slide's edge is glass (white).
+
+Beyond the steps, a pipeline declares everything the platform shows of it, so that the engine,
+pages, API, CSV, viewer and GeoJSON never need to know a pipeline by name:
+
+- who it is: name, version (PEP 440, compared as versions), title, description (the method);
+- its parameters (Param: default, bounds, help) and the steps with their queues;
+- its figures (Figure: name, label, unit, description) and its per-tile table columns
+  (tile_columns), with the one tile value the viewer shows first and the page plots (tile_value);
+- its overlays: the images aggregate returns, each with its legend (Outcome);
+- what QuPath gets (GeoJSON): the tissue regions (exports_tissue_regions), a class per tile and
+  the classes whose tiles merge into region annotations (tile_classes, with export_options such
+  as a cut-off the user may change at download), and the class of its per-object detections
+  (detection_class);
+- the registered model family it needs, if any (model_name).
+
+Rules every step keeps:
+
+- No Django and no Celery: a step gets a SlideReader, plain values and numpy arrays, and returns
+  plain values; the platform stores them (the plan and tile rows as JSON).
+- Idempotent: a step may run twice (a worker lost mid-task, a redelivered message); a batch
+  delivered twice returns the same rows, which replace the first ones. Nothing is written
+  anywhere by a step.
+- Bounded memory: a batch holds a few tiles at a time, never the slide at full resolution;
+  prepare works on a low-resolution image (MASK_MAX_PIXELS) and bounded samples.
+
+runner.run_slide runs all steps in one process, as the queues would: the way to test a pipeline.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 from PIL import Image
 
 from experiments.slide_files import SlideReader
@@ -90,6 +118,56 @@ class Param:
 
     def schema(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, (), "")} | {"default": self.default}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A slide figure a pipeline reports: its stable name and how people read it.
+
+    With prefix=True the name is a prefix (class_fraction_ + a class name) and "{}" in the label
+    stands for the rest of the name, in words.
+    """
+
+    name: str
+    label: str
+    unit: str = ""            # "mm²", "OD", "µm²"; "" for counts, fractions and flags
+    description: str = ""
+    prefix: bool = False
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(self.name) if self.prefix else name == self.name
+
+    def label_for(self, name: str) -> str:
+        if self.prefix:
+            return self.label.format(name.removeprefix(self.name).replace("_", " ")).capitalize()
+        return self.label
+
+
+@dataclass(frozen=True)
+class TileValue:
+    """The per-tile value shown first: in the viewer's tile panel, and (plot_title) as a
+    distribution on the prediction page when it is a number."""
+
+    column: str               # a column of the tile table (a row key or a tile_columns key)
+    label: str
+    plot_title: str = ""      # "" = not plotted
+
+
+# A QuPath classification: its name and colour.
+PathClass = tuple[str, tuple[int, int, int]]
+# QuPath's own colours for its built-in Positive / Negative classes.
+POSITIVE: PathClass = ("Positive", (200, 50, 50))
+NEGATIVE: PathClass = ("Negative", (112, 112, 225))
+
+
+@dataclass
+class TileClasses:
+    """How a run's tiles appear in QuPath: a class for each tile (None: unclassified), and the
+    classes whose tiles are merged into one region annotation each."""
+
+    per_tile: list[PathClass | None]
+    regions: tuple[PathClass, ...] = ()
+    region_name: str | None = None    # the regions' name; default "<class> tiles"
 
 
 @dataclass(frozen=True)
@@ -166,17 +244,65 @@ class ModelSpec:
     class_names: tuple[str, ...]
 
 
-class Pipeline(ABC):
-    name: ClassVar[str]
-    version: ClassVar[str]
+class BasePipeline(ABC):
+    """The contract between a pipeline and the platform (see the module docstring)."""
+
+    name: ClassVar[str]               # lower-case words joined by "-", e.g. "ihc-dab"
+    version: ClassVar[str]            # PEP 440, e.g. "2.0": a new version for any change of figures
     title: ClassVar[str]
-    description: ClassVar[str]
+    description: ClassVar[str]        # the method, as a methods section would state it
     batch_queue: ClassVar[Queue] = "cpu"
     batch_produces: ClassVar[str] = "per-tile figures"
     aggregate_produces: ClassVar[str] = "slide figures"
     params: ClassVar[tuple[Param, ...]] = ()
     # The registered model family this pipeline runs (model pipelines only).
     model_name: ClassVar[str | None] = None
+    # Every slide figure aggregate may report (names, labels, units).
+    figures: ClassVar[tuple[Figure, ...]] = ()
+    tile_value: ClassVar[TileValue | None] = None
+    # GeoJSON for QuPath: the tissue mask as "Tissue" annotations; per-object detections' class;
+    # options of the export the user may set at download (query parameters), for tile_classes.
+    exports_tissue_regions: ClassVar[bool] = False
+    detection_class: ClassVar[PathClass] = ("Detection", (60, 110, 230))
+    export_options: ClassVar[tuple[Param, ...]] = ()
+
+    # Figures most pipelines report (see area_metrics).
+    AREA_FIGURES = (
+        Figure("tissue_area_mm2", "Tissue area (mm²)", "mm²", "Area of the tissue analysed."),
+        Figure("tissue_area_px", "Tissue area (px)", "px", "The same in level-0 pixels."),
+        Figure("mpp_missing", "No pixel size", description="The slide has no pixel size: no figure in µm or mm²."),
+    )
+    TILES_ANALYSED = Figure("tiles_analysed", "Tiles analysed")
+    STAIN_ESTIMATE = Figure("stain_estimate", "Stain vectors",
+                            description="How the stain vectors were found: estimated on this slide, or the reference ones.")
+
+    NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+    @classmethod
+    def contract_problem(cls, pipeline) -> str | None:
+        """Why `pipeline` cannot be run by the platform, or None (checked when it is loaded)."""
+        if not isinstance(pipeline, BasePipeline):
+            return f"{pipeline!r} is not a BasePipeline"
+        for attribute in ("name", "version", "title", "description"):
+            if not isinstance(getattr(pipeline, attribute, None), str) or not getattr(pipeline, attribute):
+                return f"{type(pipeline).__name__} has no {attribute}"
+        if not cls.NAME_PATTERN.match(pipeline.name) or len(pipeline.name) > 100:
+            return f"pipeline name {pipeline.name!r} must be lower-case words joined by '-'"
+        try:
+            Version(pipeline.version)
+        except InvalidVersion:
+            return f"{pipeline.name}: version {pipeline.version!r} is not a version number (PEP 440)"
+        if pipeline.batch_queue not in ("cpu", "gpu"):
+            return f"{pipeline.name}: batch_queue must be 'cpu' or 'gpu'"
+        if not all(isinstance(p, Param) for p in (*pipeline.params, *pipeline.export_options)):
+            return f"{pipeline.name}: params and export_options must be Param"
+        if not all(isinstance(f, Figure) for f in pipeline.figures):
+            return f"{pipeline.name}: figures must be Figure"
+        return None
+
+    def figure(self, name: str) -> Figure | None:
+        """The declared figure of that name (or prefix), or None."""
+        return next((f for f in self.figures if f.matches(name)), None)
 
     # Shared parameters of tiled pipelines.
     MIN_TISSUE = Param("min_tissue", "float", 0.25, "Tiles with less tissue than this fraction are skipped.",
@@ -367,6 +493,28 @@ class Pipeline(ABC):
     def tile_columns(self, row: dict, plan: Plan) -> dict:
         """Derived per-tile columns for the tile table (CSV) and the viewer, beyond the raw row."""
         return {}
+
+    def tile_records(self, plan: Plan, rows: list[dict]) -> list[dict[str, Any]]:
+        """The tile table: one dict per analysed tile, in tile order.
+
+        tile, row, col, x, y, size_px (level-0 px), tissue_fraction, the pipeline's own row (less
+        its private "_" keys) and its tile_columns(). The CSV, the viewer and the GeoJSON read it.
+        """
+        size0 = plan.tile_size_level0
+        records = []
+        for i, ((r, c), tissue, row) in enumerate(zip(plan.tiles, plan.tile_tissue, rows)):
+            own = {k: v for k, v in row.items() if not k.startswith("_")}
+            records.append({"tile": i, "row": r, "col": c, "x": c * size0, "y": r * size0, "size_px": size0,
+                            "tissue_fraction": tissue, **own, **self.tile_columns(row, plan)})
+        return records
+
+    def parse_export_options(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The export options from a request's query (unknown keys ignored); ParamError if bad."""
+        return {p.name: p.parse(raw.get(p.name)) for p in self.export_options}
+
+    def tile_classes(self, records: list[dict], options: dict, class_names: tuple[str, ...] = ()) -> TileClasses | None:
+        """QuPath classes of the tiles (records: tile_records), or None: tiles unclassified."""
+        return None
 
     # -- step 3 -------------------------------------------------------------------------------
     @abstractmethod

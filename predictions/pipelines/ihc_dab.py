@@ -5,16 +5,17 @@ from dataclasses import replace
 import numpy as np
 
 from predictions.imaging.heatmap import legend_stops, render_heatmap
-from predictions.imaging.stain import MAX_DAB_ANGLE_DEG, DabThresholds, StainEstimate, dab_tile_counts, h_score
+from predictions.imaging.stain import (MAX_DAB_ANGLE_DEG, DabThresholds, StainEstimate, dab_tile_counts, h_score,
+                                       positive_fraction)
 
-from .base import Outcome, Param, ParamError, Pipeline, Prepared
+from .base import NEGATIVE, POSITIVE, BasePipeline, Figure, Outcome, Param, ParamError, Prepared, TileClasses, TileValue
 
 _DEFAULT = DabThresholds()
 BINS = ("negative_px", "weak_px", "moderate_px", "strong_px")
 DAB_FIGURES = ("dab_positive_fraction", "dab_weak_fraction", "dab_moderate_fraction", "dab_strong_fraction", "h_score")
 
 
-class IhcDab(Pipeline):
+class IhcDab(BasePipeline):
     name = "ihc-dab"
     version = "2.0"
     title = "IHC DAB positivity"
@@ -30,9 +31,9 @@ class IhcDab(Pipeline):
     batch_produces = "tissue pixels per DAB intensity bin, per tile"
     aggregate_produces = "DAB-positive fraction, intensity bins, H-score, positivity heatmap"
     params = (
-        replace(Pipeline.MPP, default=1.0),
-        Pipeline.TILE_SIZE,
-        replace(Pipeline.MIN_TISSUE, default=0.0, help="Tiles with less tissue than this fraction are "
+        replace(BasePipeline.MPP, default=1.0),
+        BasePipeline.TILE_SIZE,
+        replace(BasePipeline.MIN_TISSUE, default=0.0, help="Tiles with less tissue than this fraction are "
                 "skipped (0: every tile with tissue, so the figures cover the whole section)."),
         Param("weak", "float", _DEFAULT.weak, "DAB optical density (log10) where 'weak' staining starts.",
               min=0.0, max=3.0, label="Weak threshold (DAB OD)"),
@@ -40,6 +41,27 @@ class IhcDab(Pipeline):
               min=0.0, max=3.0, label="Moderate threshold (DAB OD)"),
         Param("strong", "float", _DEFAULT.strong, "DAB optical density where 'strong' starts.",
               min=0.0, max=3.0, label="Strong threshold (DAB OD)"),
+    )
+
+    figures = (
+        *BasePipeline.AREA_FIGURES,
+        BasePipeline.TILES_ANALYSED,
+        Figure("dab_positive_fraction", "DAB-positive fraction", description="Tissue pixels at least weakly DAB "
+               "positive, over all tissue pixels (None when the second stain is not DAB)."),
+        Figure("dab_weak_fraction", "Weak fraction", description="Tissue pixels from the weak to the moderate threshold."),
+        Figure("dab_moderate_fraction", "Moderate fraction", description="From the moderate to the strong threshold."),
+        Figure("dab_strong_fraction", "Strong fraction", description="At or above the strong threshold."),
+        Figure("h_score", "H-score (0–300)", description="1 x % weak + 2 x % moderate + 3 x % strong."),
+        Figure("stain_mismatch", "Second stain is not DAB",
+               description=f"The slide's second stain is more than {MAX_DAB_ANGLE_DEG:g}° from DAB: no DAB figures."),
+        Figure("stain_second", "Second stain (estimated)"),
+        Figure("stain_dab_angle_deg", "Second stain's angle to DAB (°)", "°"),
+        BasePipeline.STAIN_ESTIMATE,
+    )
+    tile_value = TileValue("dab_positive_fraction", "DAB-positive fraction of tissue", "DAB-positive fraction per tile")
+    export_options = (
+        Param("threshold", "float", 0.10, "A tile is Positive in QuPath when its DAB-positive fraction of "
+              "tissue is at least this.", min=0.0, max=1.0, label="threshold"),
     )
 
     def parse_params(self, raw):
@@ -100,9 +122,14 @@ class IhcDab(Pipeline):
 
     @staticmethod
     def _positive(row: dict) -> float | None:
-        pos = row["weak_px"] + row["moderate_px"] + row["strong_px"]
-        return pos / row["tissue_px"] if row["tissue_px"] else None
+        return positive_fraction(row)
 
     def tile_columns(self, row: dict, plan) -> dict:
         value = None if plan.extras.get("stain_mismatch") else self._positive(row)
         return {"dab_positive_fraction": round(value, 6) if value is not None else None}
+
+    def tile_classes(self, records, options, class_names=()):
+        threshold = options["threshold"]
+        per_tile = [POSITIVE if (v := rec.get("dab_positive_fraction")) is not None and v >= threshold else NEGATIVE
+                    for rec in records]
+        return TileClasses(per_tile, regions=(POSITIVE,), region_name=f"DAB-positive tiles (≥ {threshold:g} of tissue)")

@@ -9,14 +9,14 @@ from predictions.imaging.heatmap import legend_stops, render_heatmap
 from predictions.imaging.nuclei import NucleusSettings, detect_nuclei
 from predictions.imaging.stain import StainEstimate, concentrations, optical_density
 
-from .base import Outcome, Param, Pipeline, Prepared
+from .base import BasePipeline, Figure, Outcome, Param, Prepared, TileValue
 
 # Only for slides without a pixel size: sizes in µm are turned into pixels as if the slide were
 # at this resolution (20x). Such slides are flagged mpp_missing and get no per-mm² figure.
 ASSUMED_MPP = 0.5
 
 
-class NucleiDensity(Pipeline):
+class NucleiDensity(BasePipeline):
     name = "nuclei-density"
     version = "2.0"
     title = "Nuclei density"
@@ -33,9 +33,9 @@ class NucleiDensity(Pipeline):
     batch_produces = "nuclei (centroid, area) and section area per tile"
     aggregate_produces = "nuclei count, density per mm² of section, nuclear area fraction, density heatmap"
     params = (
-        Pipeline.MPP,
-        Pipeline.TILE_SIZE,
-        replace(Pipeline.MIN_TISSUE, default=0.0, help="Tiles with less tissue than this fraction are "
+        BasePipeline.MPP,
+        BasePipeline.TILE_SIZE,
+        replace(BasePipeline.MIN_TISSUE, default=0.0, help="Tiles with less tissue than this fraction are "
                 "skipped (0: every tile with tissue, so every nucleus of the section is counted)."),
         Param("min_area_um2", "float", 10.0, "Smaller objects are not counted as nuclei (µm²).",
               min=1.0, max=500.0, label="Smallest nucleus (µm²)"),
@@ -51,6 +51,20 @@ class NucleiDensity(Pipeline):
               "them is at least this much narrower than their radius (µm).", min=0.1, max=10.0,
               label="Split touching nuclei (µm)"),
     )
+
+    figures = (
+        *BasePipeline.AREA_FIGURES,
+        BasePipeline.TILES_ANALYSED,
+        Figure("nuclei_count", "Nuclei", description="Nuclei found on the section."),
+        Figure("nuclei_per_mm2", "Nuclei per mm²", "1/mm²", "Nuclei per mm² of section (holes filled)."),
+        Figure("nuclei_per_mpx", "Nuclei per Mpx", "1/Mpx", "The same per million level-0 pixels (no pixel size)."),
+        Figure("nuclear_area_fraction", "Nuclear area fraction", description="Nuclear area over section area."),
+        Figure("nucleus_area_um2_median", "Median nucleus area (µm²)", "µm²"),
+        Figure("nucleus_area_px_median", "Median nucleus area (px)", "px"),
+        BasePipeline.STAIN_ESTIMATE,
+    )
+    tile_value = TileValue("nuclei", "nuclei in the tile", "Nuclei per tile")
+    detection_class = ("Nucleus", (60, 110, 230))
 
     # Thresholds are scaled per slide (never per tile) to how dark its nuclei are stained: a
     # nuclear core reaches at least this fraction of the slide's 99th-percentile hematoxylin OD,

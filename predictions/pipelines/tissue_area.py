@@ -5,10 +5,10 @@ from scipy import ndimage as ndi
 from predictions.imaging.heatmap import render_mask
 from predictions.imaging.tissue import tissue_fraction
 
-from .base import Outcome, Pipeline, Prepared
+from .base import BasePipeline, Figure, Outcome, Prepared
 
 
-class TissueArea(Pipeline):
+class TissueArea(BasePipeline):
     name = "tissue-area"
     version = "2.0"
     title = "Tissue area"
@@ -19,6 +19,12 @@ class TissueArea(Pipeline):
                    "without a pixel size), so small real fragments are kept. Reports the tissue "
                    "area in mm² (pixels when the slide has no pixel size) and the number of pieces.")
     aggregate_produces = "tissue area, tissue fraction, tissue mask image"
+    figures = (
+        *BasePipeline.AREA_FIGURES,
+        Figure("tissue_fraction", "Tissue fraction", description="Tissue area over the slide's whole area."),
+        Figure("tissue_pieces", "Tissue pieces", description="Separate pieces of tissue (8-connected)."),
+    )
+    exports_tissue_regions = True
 
     @property
     def is_tiled(self) -> bool:

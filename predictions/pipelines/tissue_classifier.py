@@ -4,13 +4,13 @@ import numpy as np
 
 from predictions.imaging.heatmap import render_classes
 
-from .base import ModelSpec, Outcome, Pipeline, Prepared
+from .base import BasePipeline, Figure, ModelSpec, Outcome, Prepared, TileClasses, TileValue
 
 # Class colours for the heatmap, in the order of the model's class names (cycled if more).
 PALETTE = [(200, 200, 200), (230, 120, 170), (90, 60, 170), (240, 170, 40), (40, 150, 200), (60, 170, 90)]
 
 
-class TissueClassifier(Pipeline):
+class TissueClassifier(BasePipeline):
     name = "tissue-classifier"
     version = "1.1"
     title = "Tissue classifier (model)"
@@ -21,7 +21,14 @@ class TissueClassifier(Pipeline):
     batch_produces = "class probabilities per tile"
     aggregate_produces = "area fraction per class, class map"
     model_name = "tissue-classifier-demo"
-    params = (Pipeline.MIN_TISSUE,)
+    params = (BasePipeline.MIN_TISSUE,)
+    figures = (
+        *BasePipeline.AREA_FIGURES,
+        BasePipeline.TILES_ANALYSED,
+        Figure("class_fraction_", "{} fraction", description="Share of the tissue (by tile tissue fraction) "
+               "in tiles of that class.", prefix=True),
+    )
+    tile_value = TileValue("class", "predicted class")
     BATCH_SIZE = 64
     INFERENCE_BATCH = 32
 
@@ -67,6 +74,13 @@ class TissueClassifier(Pipeline):
             legends={"classes": {"kind": "classes", "label": "predicted class",
                                  "classes": [(n, "#%02x%02x%02x" % c) for n, c in zip(names, colours)]}},
         )
+
+
+    def tile_classes(self, records, options, class_names=()):
+        names = list(class_names) or sorted({rec["class"] for rec in records})
+        classes = {name: (name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(names)}
+        per_tile = [classes.get(rec.get("class")) or (str(rec.get("class")), (128, 128, 128)) for rec in records]
+        return TileClasses(per_tile, regions=tuple(classes.values()))
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
