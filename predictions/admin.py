@@ -4,11 +4,12 @@ from django.db.models import Count
 from . import engine
 from .forms import RegisteredModelAdminForm
 from .models import BatchResult, Pipeline, Prediction, RegisteredModel, SlideRun
+from .pipelines import unavailable
 
 
 @admin.register(Pipeline)
 class PipelineAdmin(admin.ModelAdmin):
-    list_display = ["name", "version", "title", "enabled", "installed", "batch_queue", "model_name", "prediction_count"]
+    list_display = ["name", "version", "title", "enabled", "availability", "batch_queue", "model_name", "prediction_count"]
     list_filter = ["enabled", "installed", "batch_queue"]
     list_editable = ["enabled"]
     search_fields = ["name", "title", "description"]
@@ -23,6 +24,20 @@ class PipelineAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # pipelines are code; their rows come from the registry on migrate
+
+    def changelist_view(self, request, extra_context=None):
+        # A registered package that fails to load has no row of its own to show: say so here.
+        for item in unavailable():
+            messages.warning(request, f"Pipeline {item.entry_point} (package {item.package or 'unknown'}) is "
+                                      f"unavailable: {item.error}")
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="available", ordering="installed")
+    def availability(self, obj):
+        if obj.installed:
+            return "yes"
+        broken = next((u for u in unavailable() if u.entry_point == obj.name), None)
+        return f"no: {broken.error}" if broken else "no: its code is no longer installed"
 
 
 @admin.register(RegisteredModel)

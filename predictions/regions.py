@@ -60,10 +60,9 @@ def _inputs(run: SlideRun):
 
 
 def read_mask(data: bytes) -> np.ndarray:
-    """The tissue mask from its PNG. prepare stores it as 8-bit grey (255 = tissue), but the
-    tissue-area pipeline's result image of the same name (tissue_mask.png, RGBA: opaque green on
-    tissue, transparent elsewhere) replaces that file when the run ends, so read the alpha
-    channel when there is one."""
+    """The tissue mask from its PNG: 8-bit grey (255 = tissue) as prepare stores it; runs made
+    before result images were stored as overlay-<name>.png may have had it replaced by an RGBA
+    result image of the same name (opaque on tissue), so read the alpha channel when there is one."""
     image = Image.open(io.BytesIO(data))
     if "A" in image.getbands():
         return np.asarray(image.getchannel("A")) > 127

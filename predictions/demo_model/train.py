@@ -10,7 +10,7 @@ per 64 x 64 px tile at 2 µm/px (256 x 256 px at 0.5 µm/px):
 
 - background: less than half of the tile is tissue (tissue_mask);
 - cellular: nuclei (segment_nuclei on hematoxylin OD, with the slide's own stain vectors and the
-  nuclei-density pipeline's thresholds scaled to the slide) cover at least CELLULAR_NUCLEAR_FRACTION
+  built-in nuclei pipeline's thresholds scaled to the slide) cover at least CELLULAR_NUCLEAR_FRACTION
   of the tile's tissue pixels;
 - stroma: the other tissue tiles.
 
