@@ -38,15 +38,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .geometry import PolygonRings, Ring, grid_polygons, mask_polygons, polygons_area
 from .pipelines import Plan
 
 TISSUE = ("Tissue", (0, 160, 80))
-# Contours of the tissue mask are simplified to within this many mask pixels.
-CONTOUR_TOLERANCE = 0.5
 _NAMESPACE = uuid.UUID("5b0c3f4e-8a8f-4f0e-9d0e-6a1b7b2f2c11")
-
-Ring = list[tuple[float, float]]
-PolygonRings = list[Ring]   # exterior first, then holes
 
 
 # -- the viewer's per-tile data ----------------------------------------------------------------
@@ -75,182 +71,7 @@ def overlay_data(code, plan: Plan, rows: list[dict], mask: np.ndarray | None, wi
     }
 
 
-# -- geometry ---------------------------------------------------------------------------------
-def _signed_area(ring: Ring) -> float:
-    xs = np.asarray([p[0] for p in ring], float)
-    ys = np.asarray([p[1] for p in ring], float)
-    return 0.5 * float(np.sum(xs[:-1] * ys[1:] - xs[1:] * ys[:-1]))
-
-
-def _point_in_ring(x: float, y: float, ring: Ring) -> bool:
-    inside = False
-    n = len(ring) - 1
-    for i in range(n):
-        (x1, y1), (x2, y2) = ring[i], ring[i + 1]
-        if (y1 > y) != (y2 > y):
-            if x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
-                inside = not inside
-    return inside
-
-
-def _bbox(ring: Ring) -> tuple[float, float, float, float]:
-    xs = [p[0] for p in ring]
-    ys = [p[1] for p in ring]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def assemble_polygons(rings: Iterable[Ring], outer_positive: bool) -> list[PolygonRings]:
-    """Closed rings (outers and holes, told apart by orientation) -> polygons with their holes.
-
-    Every exterior comes out with a positive signed area in (x, y) and every hole negative
-    (counter-clockwise / clockwise in a y-up frame, as RFC 7946 asks; QuPath accepts either).
-    """
-    outers, holes = [], []
-    for ring in rings:
-        if len(ring) < 4:
-            continue
-        area = _signed_area(ring)
-        if area == 0:
-            continue
-        is_outer = (area > 0) == outer_positive
-        oriented = ring if (area > 0) == is_outer else ring[::-1]
-        (outers if is_outer else holes).append((abs(area), oriented, _bbox(oriented)))
-    polygons = [[ring] for _, ring, _ in outers]
-    for _, hole, (hx0, hy0, hx1, hy1) in holes:
-        # The smallest exterior that holds the hole (a hole's own vertices lie on or inside it;
-        # test the middle of its first edge, which never sits on a vertex of the exterior).
-        (ax, ay), (bx, by) = hole[0], hole[1]
-        px, py = (ax + bx) / 2, (ay + by) / 2
-        best = None
-        for index, (area, outer, (x0, y0, x1, y1)) in enumerate(outers):
-            if x0 <= hx0 and y0 <= hy0 and x1 >= hx1 and y1 >= hy1 and _point_in_ring(px, py, outer):
-                if best is None or area < outers[best][0]:
-                    best = index
-        if best is not None:
-            polygons[best].append(hole)
-    return polygons
-
-
-def mask_polygons(mask: np.ndarray, width: int, height: int,
-                  tolerance: float = CONTOUR_TOLERANCE) -> list[PolygonRings]:
-    """The tissue mask's regions as polygons in level-0 px (x scaled by width / mask columns,
-    y by height / mask rows), traced along the pixel-centre iso-line and simplified."""
-    from skimage.measure import approximate_polygon, find_contours
-
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return []
-    sy, sx = height / mask.shape[0], width / mask.shape[1]
-    padded = np.pad(mask, 1).astype(np.float32)
-    rings = []
-    for contour in find_contours(padded, 0.5, positive_orientation="high"):
-        contour = approximate_polygon(contour, tolerance) if tolerance else contour
-        if len(contour) < 4:
-            continue
-        # Pixel i (after removing the padding) covers [i, i + 1) mask px; its centre is i + 0.5.
-        ring = [(float(min(max((c - 1 + 0.5) * sx, 0.0), width)), float(min(max((r - 1 + 0.5) * sy, 0.0), height)))
-                for r, c in contour]
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        rings.append(ring)
-    # find_contours with positive_orientation="high" winds around tissue with a negative
-    # signed area in (x, y); holes come out positive.
-    return assemble_polygons(rings, outer_positive=False)
-
-
-def grid_polygons(cells: np.ndarray, cell_size: float, width: int, height: int) -> list[PolygonRings]:
-    """The union of the True cells of a grid (cell (r, c) spans [c, c+1) x [r, r+1) * cell_size),
-    as rectilinear polygons with holes, clipped to the width x height slide.
-
-    Boundary edges are walked with the region on the right (y down); where two regions touch
-    at a corner only, the walk turns towards its own cell, so they stay separate polygons.
-    """
-    cells = np.asarray(cells, bool)
-    rows, cols = cells.shape
-    padded = np.pad(cells, 1)
-    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
-
-    def add(a, b):
-        edges.setdefault(a, []).append(b)
-
-    for r, c in zip(*np.nonzero(cells)):
-        r, c = int(r), int(c)
-        pr, pc = r + 1, c + 1
-        if not padded[pr - 1, pc]:
-            add((c, r), (c + 1, r))            # top, going right
-        if not padded[pr, pc + 1]:
-            add((c + 1, r), (c + 1, r + 1))    # right, going down
-        if not padded[pr + 1, pc]:
-            add((c + 1, r + 1), (c, r + 1))    # bottom, going left
-        if not padded[pr, pc - 1]:
-            add((c, r + 1), (c, r))            # left, going up
-    rings = []
-    while edges:
-        # The top-most, then left-most vertex left: no region above it, so never a corner where
-        # two regions touch, and the ring started there closes on itself.
-        start = min(edges, key=lambda v: (v[1], v[0]))
-        ring, here, direction = [start], start, None
-        while True:
-            nxt = _pop_edge(edges, here, direction)
-            if nxt is None:
-                break
-            ring.append(nxt)
-            direction = (nxt[0] - here[0], nxt[1] - here[1])
-            here = nxt
-            if here == start:
-                break
-        ring = _drop_collinear(ring)
-        scaled = [(min(x * cell_size, width), min(y * cell_size, height)) for x, y in ring]
-        scaled = _drop_collinear(_dedupe(scaled))
-        if len(scaled) >= 4:
-            rings.append([(float(x), float(y)) for x, y in scaled])
-    return assemble_polygons(rings, outer_positive=True)
-
-
-def _pop_edge(edges, vertex, direction):
-    options = edges.get(vertex)
-    if not options:
-        return None
-    if direction is None or len(options) == 1:
-        choice = options[0]
-    else:
-        dx, dy = direction
-        # Right turn first (towards the region, y down), then straight on, then left.
-        preference = [(-dy, dx), (dx, dy), (dy, -dx)]
-        def rank(target):
-            step = (target[0] - vertex[0], target[1] - vertex[1])
-            return preference.index(step) if step in preference else 3
-        choice = min(options, key=rank)
-    options.remove(choice)
-    if not options:
-        del edges[vertex]
-    return choice
-
-
-def _dedupe(ring):
-    out = [ring[0]]
-    for p in ring[1:]:
-        if p != out[-1]:
-            out.append(p)
-    return out
-
-
-def _drop_collinear(ring):
-    """Closed ring (first == last) without vertices in the middle of a straight run."""
-    points = ring[:-1]
-    if len(points) < 3:
-        return ring
-    kept = []
-    n = len(points)
-    for i, p in enumerate(points):
-        a, b = points[i - 1], points[(i + 1) % n]
-        if (p[0] - a[0]) * (b[1] - p[1]) - (p[1] - a[1]) * (b[0] - p[0]) != 0:
-            kept.append(p)
-    if len(kept) < 3:
-        return ring
-    return kept + [kept[0]]
-
-
+# -- geometry (predictions/geometry.py) and its GeoJSON form --------------------------------------
 def _tile_ring(x: float, y: float, size: float, width: int, height: int) -> Ring:
     x1, y1 = min(x + size, width), min(y + size, height)
     return [(x, y), (x1, y), (x1, y1), (x, y1), (x, y)]
@@ -296,8 +117,7 @@ def _feature(key: str, geometry: dict, object_type: str, name: str | None = None
 
 
 def _area_measurements(polygons: list[PolygonRings], mpp: float | None) -> dict:
-    area_px = sum(abs(_signed_area(ring)) * (1 if i == 0 else -1)
-                  for polygon in polygons for i, ring in enumerate(polygon))
+    area_px = polygons_area(polygons)
     out = {"Area px^2": round(area_px, 1)}
     if mpp:
         out["Area µm^2"] = round(area_px * mpp ** 2, 1)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 
 from predictions.pipelines.ihc_dab import IhcDab
 from django.urls import reverse
@@ -15,48 +16,10 @@ from predictions import engine, geojson
 from predictions.models import Status
 from predictions.pipelines import Plan, get_pipeline
 from tests.conftest import CMU_SLIDE, wait_final
+from tests.test_geometry import polygon_area, ring_area
 
 
-# -- the geometry on its own (no workers) ------------------------------------------------------
-def ring_area(ring):
-    return geojson._signed_area([tuple(p) for p in ring])
-
-
-def polygon_area(polygon):
-    return ring_area(polygon[0]) + sum(ring_area(h) for h in polygon[1:])  # holes are negative
-
-
-def test_merged_tiles_are_exact_unions_with_holes_and_separate_corners():
-    grid = np.array([[1, 1, 1, 0],
-                     [1, 0, 1, 0],
-                     [1, 1, 1, 0],
-                     [0, 0, 0, 1]], bool)
-    polygons = geojson.grid_polygons(grid, 10, width=35, height=40)
-    # The ring with a hole, and the lone corner tile as a polygon of its own (they touch at a point).
-    assert len(polygons) == 2
-    ring_with_hole = next(p for p in polygons if len(p) == 2)
-    assert ring_with_hole[0] == [(0, 0), (30, 0), (30, 30), (0, 30), (0, 0)]
-    assert polygon_area(ring_with_hole) == 9 * 100 - 100
-    corner = next(p for p in polygons if len(p) == 1)
-    # Clipped to the slide: the grid runs past x = 35.
-    assert polygon_area(corner) == 5 * 10
-    assert all(0 <= x <= 35 and 0 <= y <= 40 for p in polygons for ring in p for x, y in ring)
-
-
-def test_tissue_mask_contours_scale_to_level_0():
-    mask = np.zeros((20, 30), bool)
-    mask[5:15, 10:20] = True
-    mask[8:12, 13:17] = False   # a hole
-    (polygon,) = geojson.mask_polygons(mask, width=300, height=200)
-    assert len(polygon) == 2
-    xs = [x for x, _ in polygon[0]]
-    ys = [y for _, y in polygon[0]]
-    assert min(xs) == pytest.approx(100) and max(xs) == pytest.approx(200)
-    assert min(ys) == pytest.approx(50) and max(ys) == pytest.approx(150)
-    # Corners are cut by half a mask pixel; the hole is taken off.
-    assert 100 * 100 - 40 * 40 - 1000 < polygon_area(polygon) < 100 * 100 - 40 * 40 + 100
-
-
+# -- features from a plan and rows (no workers) -----------------------------------------------
 def test_ihc_features_from_a_plan_and_rows():
     code = get_pipeline("ihc-dab", IhcDab.version)
     plan = Plan(mpp=0.5, analysis_downsample=2.0, tile_size=100, mask_downsample=16.0, mask_shape=(13, 19),
@@ -104,6 +67,8 @@ def check_qupath_structure(fc, width, height):
                 for x, y in ring:
                     assert 0 <= x <= width and 0 <= y <= height
             assert ring_area(polygon[0]) > 0 and all(ring_area(h) < 0 for h in polygon[1:])
+            shape = shapely.Polygon(polygon[0], polygon[1:])
+            assert shape.is_valid, shapely.is_valid_reason(shape)
     assert len(ids) == len(fc["features"])  # stable, distinct ids (UUIDs)
 
 
