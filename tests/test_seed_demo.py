@@ -25,7 +25,7 @@ def _counts():
 def test_seed_demo_makes_the_validation_experiment_once(client):
     from django_celery_results.models import TaskResult
 
-    from experiments.management.commands.seed_validation import current_pipelines
+    from predictions.management.commands.seed_validation import current_pipelines
     from experiments.models import Experiment, Slide
     from predictions.imaging.synthetic import case_names
     from predictions.models import Prediction, Status
