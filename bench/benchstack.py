@@ -364,9 +364,9 @@ def group_cpu_seconds(groups: set[int]) -> float:
 
 # -- predictions ----------------------------------------------------------------------------------
 def pipeline_row(name: str):
-    from predictions.schedules import current_pipeline
+    from predictions.models import Pipeline
 
-    row = current_pipeline(name)
+    row = Pipeline.objects.current(name)
     if row is None:
         raise SystemExit(f"no pipeline {name}")
     return row

@@ -110,8 +110,7 @@ def run_validation(experiment, user, slides: dict, cases: list, tiling_cases: li
     info) where info has each prediction's id, slides and seconds from submit to end.
     """
     from predictions import engine
-    from predictions.models import Prediction
-    from predictions.schedules import current_pipeline
+    from predictions.models import Pipeline, Prediction
 
     plan = vt.plan_runs([(c[0], c[1], c[2]) for c in cases], tiling_cases)
     kinds = {c[0]: c[1] for c in cases}
@@ -120,7 +119,7 @@ def run_validation(experiment, user, slides: dict, cases: list, tiling_cases: li
     for (name, tile_size), case_names in plan.items():
         if not case_names:
             continue
-        row = current_pipeline(name)
+        row = Pipeline.objects.current(name)
         if row is None:
             raise RuntimeError(f"no enabled pipeline {name}")
         params = {"tile_size": tile_size} if tile_size else {}

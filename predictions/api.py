@@ -96,7 +96,7 @@ class PipelineViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = PipelineSerializer
     filterset_class = PipelineFilter
-    queryset = Pipeline.objects.filter(installed=True).order_by("name", "-version", "pk")
+    queryset = Pipeline.objects.filter(installed=True).order_by("name", "-version_order", "-pk")
 
 
 @extend_schema_view(

@@ -8,10 +8,27 @@ from django.urls import reverse
 
 from experiments.models import Experiment, Slide
 
+from .versions import version_key
+
 
 class PipelineQuerySet(models.QuerySet):
     def enabled(self):
         return self.filter(enabled=True, installed=True)
+
+    def current(self, name: str) -> "Pipeline | None":
+        """The version of pipeline `name` new work uses: its newest enabled, installed version,
+        compared as versions (1.10 is newer than 1.9; predictions/versions.py). None if none."""
+        return self.enabled().filter(name=name).order_by("-version_order", "-pk").first()
+
+    def rank_versions(self, name: str) -> dict[int, int]:
+        """Number the versions of pipeline `name` from 0 (oldest) in version order and store the
+        numbers (version_order); returns {pk: number}."""
+        rows = sorted(self.filter(name=name).values_list("pk", "version", "version_order"),
+                      key=lambda row: (version_key(row[1]), row[0]))
+        for number, (pk, _, stored) in enumerate(rows):
+            if stored != number:
+                self.filter(pk=pk).update(version_order=number)
+        return {pk: number for number, (pk, _, _) in enumerate(rows)}
 
 
 class Pipeline(models.Model):
@@ -29,15 +46,24 @@ class Pipeline(models.Model):
     steps = models.JSONField(default=list, editable=False)
     model_name = models.CharField(max_length=100, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Where this version stands among the versions of its name, 0 = oldest, compared as versions
+    # (kept by save()): lists sort on it in the database, which can only compare `version` as text.
+    version_order = models.PositiveIntegerField(default=0, editable=False)
 
     objects = PipelineQuerySet.as_manager()
 
     class Meta:
-        ordering = ["name", "-version"]
+        # By name, each name's newest version first; never "-version" (text puts 1.9 above 1.10).
+        ordering = ["name", "-version_order", "-pk"]
         constraints = [models.UniqueConstraint(fields=["name", "version"], name="unique_pipeline_version")]
 
     def __str__(self):
         return f"{self.name} {self.version}"
+
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        # A new version may come between older ones: number them all again.
+        self.version_order = Pipeline.objects.rank_versions(self.name)[self.pk]
 
     @property
     def code(self):

@@ -8,7 +8,6 @@ submitted, what was skipped and why) that admins read in the task results.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 from django.db.models import OuterRef, Q, Subquery
@@ -17,21 +16,12 @@ from experiments.models import Experiment, Lab, Slide
 
 from . import engine
 from .models import Pipeline, Prediction, RegisteredModel, Status
+from .versions import version_key
 
 log = logging.getLogger(__name__)
 
 RESULT_STATES = (Status.SUCCEEDED, Status.PARTIAL)
 ACTIVE_STATES = (Status.QUEUED, Status.RUNNING)
-
-
-def version_key(version: str) -> tuple:
-    """Orders "1.10" after "1.9": numeric parts compare as numbers."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[.\-+]", version))
-
-
-def current_pipeline(name: str) -> Pipeline | None:
-    """The version of pipeline `name` new work uses: the newest enabled, installed one."""
-    return max(Pipeline.objects.enabled().filter(name=name), key=lambda p: version_key(p.version), default=None)
 
 
 def current_model(pipeline: Pipeline) -> RegisteredModel | None:
@@ -54,7 +44,7 @@ def stale_experiments(pipeline_name: str, labs=None) -> list[StaleExperiment]:
     has a queued or running prediction with the current version and model is left out, so a
     schedule firing again does not stack re-analyses.
     """
-    current = current_pipeline(pipeline_name)
+    current = Pipeline.objects.current(pipeline_name)
     if current is None:
         raise LookupError(f"No enabled pipeline called “{pipeline_name}” is installed.")
     model = current_model(current)
@@ -124,7 +114,7 @@ def rerun(pipeline_name: str, experiment_ids, params=None, priority=Prediction.P
     lost mid-task) does not submit twice.
     """
     _check_priority(priority)
-    pipeline = current_pipeline(pipeline_name)
+    pipeline = Pipeline.objects.current(pipeline_name)
     if pipeline is None:
         raise LookupError(f"No enabled pipeline called “{pipeline_name}” is installed.")
     if isinstance(experiment_ids, (int, str)):
@@ -154,7 +144,7 @@ def reanalyse_stale(pipeline_name: str, labs=None, priority=Prediction.Priority.
     parameters (any the current version no longer has are dropped).
     """
     _check_priority(priority)
-    pipeline = current_pipeline(pipeline_name)
+    pipeline = Pipeline.objects.current(pipeline_name)
     if pipeline is None:
         raise LookupError(f"No enabled pipeline called “{pipeline_name}” is installed.")
     summary = {"pipeline": str(pipeline), "schedule": schedule_name, "submitted": [], "skipped": []}

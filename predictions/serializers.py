@@ -11,7 +11,6 @@ from histoia.api_filters import MAX_ID
 from . import queueing
 from .models import Pipeline, Prediction, RegisteredModel, SlideRun
 from .pipelines import ParamError
-from .schedules import current_pipeline
 
 JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "choice": "string"}
 
@@ -92,7 +91,7 @@ class PipelineSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.BOOL)
     def get_current(self, obj):
-        current = current_pipeline(obj.name)
+        current = Pipeline.objects.current(obj.name)
         return current is not None and current.pk == obj.pk
 
     @extend_schema_field(ModelCardSerializer(allow_null=True))
@@ -219,7 +218,7 @@ class PredictionCreateSerializer(serializers.Serializer):
         if version:
             pipeline = Pipeline.objects.filter(name=name, version=version, installed=True).first()
         else:
-            pipeline = current_pipeline(name)
+            pipeline = Pipeline.objects.current(name)
         if pipeline is None:
             known = sorted({p.name for p in Pipeline.objects.enabled()})
             wanted = f"“{name}” version {version}" if version else f"“{name}”"

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 
-from predictions.pipelines.ihc_dab import IhcDab
 from predictions.pipelines.tissue_classifier import TissueClassifier
 from django.core.files.base import ContentFile
 from django.utils import timezone
@@ -19,7 +18,7 @@ from rest_framework.test import APIClient
 
 from experiments.models import Experiment, Slide
 from predictions.models import Pipeline, Prediction, RegisteredModel, SlideRun, Status
-from predictions.schedules import current_pipeline, stale_experiments, version_key
+from predictions.schedules import stale_experiments
 from predictions.tasks import reanalyse_stale, rerun_pipeline
 from tests.conftest import ARTIFACTS, CMU_SLIDE, REPO, wait_final, wait_for
 
@@ -36,10 +35,6 @@ def pipeline_rows(db):
 def ready(experiment, name="cmu.svs"):
     return Slide.objects.create(experiment=experiment, original_name=name, status=Slide.Status.READY,
                                 sha256=(name.encode().hex() * 64)[:64])
-
-
-def test_version_order():
-    assert version_key("1.10") > version_key("1.9") > version_key("1.0") > version_key("0.9")
 
 
 # -- re-run pipeline P on chosen experiments ----------------------------------------------------------
@@ -196,16 +191,6 @@ def test_reanalyse_stale_for_labs_by_name(history, lab_b):
     assert [s["experiment"] for s in result["submitted"]] == [history["experiments"]["other_lab"].pk]
     with pytest.raises(LookupError, match="No lab Nowhere"):
         reanalyse_stale.apply(kwargs={"pipeline": "tissue-classifier", "labs": ["Nowhere"]}).get()
-
-
-def test_current_pipeline_is_the_newest_enabled_version(pipeline_rows):
-    # Versions compare as versions: 2.10 is newer than the installed 2.0 (and than a 2.9).
-    Pipeline.objects.create(name="ihc-dab", version="2.9", title="newer", batch_queue="cpu")
-    Pipeline.objects.create(name="ihc-dab", version="2.10", title="newest", batch_queue="cpu")
-    assert current_pipeline("ihc-dab").version == "2.10"
-    Pipeline.objects.filter(name="ihc-dab", version__in=["2.9", "2.10"]).update(enabled=False)
-    assert current_pipeline("ihc-dab").version == IhcDab.version
-    assert current_pipeline("nope") is None
 
 
 # -- once through beat's own scheduler ------------------------------------------------------------------

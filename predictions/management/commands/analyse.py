@@ -17,7 +17,6 @@ from experiments.slide_files import sha256_of
 from experiments.uploads import clean_file_name, display_name
 from predictions import engine
 from predictions.models import Pipeline, Prediction, Status
-from predictions.schedules import current_pipeline
 
 
 class Command(BaseCommand):
@@ -39,7 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=24 * 3600, help="Seconds to wait at most.")
 
     def handle(self, *args, **opts):
-        pipeline = current_pipeline(opts["pipeline"])
+        pipeline = Pipeline.objects.current(opts["pipeline"])
         if pipeline is None:
             names = ", ".join(sorted(set(Pipeline.objects.enabled().values_list("name", flat=True))))
             raise CommandError(f"No enabled pipeline called {opts['pipeline']!r}. Available: {names}.")

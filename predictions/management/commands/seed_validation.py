@@ -96,10 +96,8 @@ class InProcess:
 
 def current_pipelines() -> list[Pipeline]:
     """The version new work uses of each enabled pipeline, by name."""
-    from predictions.schedules import current_pipeline
-
     names = sorted(set(Pipeline.objects.enabled().values_list("name", flat=True)))
-    return [current_pipeline(name) for name in names]
+    return [Pipeline.objects.current(name) for name in names]
 
 
 class Command(BaseCommand):
