@@ -1,4 +1,6 @@
-"""Shared fixtures: users in two labs, a real slide, and real Celery worker processes.
+"""Shared fixtures: users in two labs, a real slide, and real Celery worker processes; and the
+helpers several test files need (waiting, API clients, the web process over HTTP). The rows
+themselves are made by the factories in tests/factories.py.
 
 The workers are separate processes started with the same commands as the Procfile, consuming
 from the configured broker (RabbitMQ in CI, the filesystem broker by default) and writing to
@@ -9,6 +11,7 @@ cannot see rows inside a test's open transaction.
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,33 +59,31 @@ def wait_for(predicate, timeout=60.0, interval=0.2, message="condition"):
 
 @pytest.fixture
 def lab_a(db):
-    from experiments.models import Lab
+    from tests.factories import LabFactory
 
-    return Lab.objects.create(name="Pathology A")
+    return LabFactory(name="Pathology A")
 
 
 @pytest.fixture
 def lab_b(db):
-    from experiments.models import Lab
+    from tests.factories import LabFactory
 
-    return Lab.objects.create(name="Pathology B")
-
-
-def _member(django_user_model, lab, username):
-    user = django_user_model.objects.create_user(username, password=PASSWORD)
-    lab.members.add(user)
-    return user
+    return LabFactory(name="Pathology B")
 
 
 @pytest.fixture
-def alice(django_user_model, lab_a):
-    return _member(django_user_model, lab_a, "alice")
+def alice(lab_a):
+    from tests.factories import MemberFactory
+
+    return MemberFactory(username="alice", lab=lab_a)
 
 
 @pytest.fixture
-def bob(django_user_model, lab_b):
+def bob(lab_b):
     """A member of another lab: must never see lab A's data."""
-    return _member(django_user_model, lab_b, "bob")
+    from tests.factories import MemberFactory
+
+    return MemberFactory(username="bob", lab=lab_b)
 
 
 @pytest.fixture
@@ -100,11 +101,44 @@ def bob_client(alice, bob):
     return c
 
 
+def token_client(user):
+    """An API client that authenticates as `user` with their token, as scripts do."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
+
+
+@pytest.fixture
+def alice_api(alice):
+    return token_client(alice)
+
+
+def csrf_checking_client(user):
+    """A browser session of `user` that, like a real browser's, is refused a POST without the
+    CSRF token (the test client skips that check by default)."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture
 def experiment(alice, lab_a):
-    from experiments.models import Experiment
+    from tests.factories import ExperimentFactory
 
-    return Experiment.objects.create(name="Liver fibrosis", lab=lab_a, created_by=alice)
+    return ExperimentFactory(name="Liver fibrosis", lab=lab_a, created_by=alice)
+
+
+@pytest.fixture
+def slide(experiment):
+    """A ready slide of lab A's experiment: a stored copy of the CMU slide, validated."""
+    from tests.factories import SlideFactory
+
+    return SlideFactory(experiment=experiment, original_name="case-01.svs")
 
 
 _SESSION_DIRS = {}
@@ -240,30 +274,29 @@ def slide_copy(tmp_path):
 @pytest.fixture
 def make_slide(experiment):
     """A slide stored and validated like an upload (validation body run in-process)."""
-    from django.core.files import File
-
-    from experiments.models import Slide
-    from experiments.tasks import validate_slide
+    from tests.factories import SlideFactory
 
     def make(path: Path, name: str | None = None, exp=None):
-        slide = Slide(experiment=exp or experiment, original_name=name or path.name)
-        with open(path, "rb") as fh:
-            slide.file.save(name or path.name, File(fh), save=False)
-        slide.save()
-        validate_slide(slide.pk)
-        slide.refresh_from_db()
-        return slide
+        return SlideFactory(experiment=exp or experiment, source=path, original_name=name or path.name)
 
     return make
 
 
 @pytest.fixture
 def pipelines(transactional_db):
-    from predictions.catalogue import sync_pipelines
-    from predictions.models import Pipeline
+    """The current pipeline rows by name, committed, for tests whose work runs on the workers."""
+    from tests.factories import pipeline_rows as current_rows
 
-    sync_pipelines()  # transactional tests flush the rows migrate created
-    return {p.name: p for p in Pipeline.objects.all()}
+    return current_rows()
+
+
+@pytest.fixture
+def pipeline_rows(db):
+    """The same rows inside the test's transaction: a prediction submitted there is never sent
+    to a broker, since nothing is committed."""
+    from tests.factories import pipeline_rows as current_rows
+
+    return current_rows()
 
 
 @pytest.fixture
@@ -271,6 +304,33 @@ def demo_model(transactional_db):
     from predictions.catalogue import register_demo_model
 
     return register_demo_model()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthz_answers(base: str) -> bool:
+    """Whether a web process at `base` (http://host:port) answers /healthz with 200 yet."""
+    import requests
+
+    try:
+        return requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):  # still booting, or gone
+        return False
+
+
+def http_login(base: str, username: str, password: str = PASSWORD):
+    """A requests session logged in through the login form of the web process at `base`."""
+    import requests
+
+    http = requests.Session()
+    http.get(f"{base}/accounts/login/")
+    http.post(f"{base}/accounts/login/", data={"username": username, "password": password,
+              "csrfmiddlewaretoken": http.cookies["csrftoken"]}, headers={"Referer": base})
+    return http
 
 
 def wait_final(prediction, timeout=180):
