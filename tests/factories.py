@@ -21,16 +21,15 @@ from tests.conftest import CMU_SLIDE, PASSWORD
 
 
 def pipeline_rows() -> dict[str, Pipeline]:
-    """Every pipeline's row that its code in this checkout stands for (the newest installed
-    version), by name; synced first, since transactional tests flush the rows migrate created."""
+    """Every pipeline's row that its code in this checkout stands for: its newest installed
+    version, in the app's own version order. Synced first, since transactional tests flush the
+    rows migrate created."""
     from predictions.catalogue import sync_pipelines
-    from predictions.schedules import version_key
 
     sync_pipelines()
     current = {}
-    for row in Pipeline.objects.filter(installed=True):
-        if row.name not in current or version_key(row.version) > version_key(current[row.name].version):
-            current[row.name] = row
+    for row in Pipeline.objects.filter(installed=True).order_by("name", "-version_order", "-pk"):
+        current.setdefault(row.name, row)
     return current
 
 
