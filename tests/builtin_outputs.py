@@ -5,7 +5,7 @@ pipelines stays the same as recorded in tests/golden/builtin_outputs.json (recor
 pipeline contract was reshaped, so a refactoring that changes a number fails). To record it again
 on purpose, after a change of method that comes with a new pipeline version:
 
-    DEBUG=1 .venv/bin/python -m tests.test_builtin_outputs --record
+    DEBUG=1 .venv/bin/python -m tests.builtin_outputs --record
 
 The fingerprint keeps every number exactly (figures, tile table, per-tile values, GeoJSON
 classes and measurements, per-object records, image pixels as a hash), and of polygon vertex
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "predictions" / "demo_model"
 GOLDEN = Path(__file__).resolve().parent / "golden" / "builtin_outputs.json"
 SLIDES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 
@@ -93,3 +95,51 @@ def fingerprint(result, tile_csv: str, overlay: dict, collection: dict, nuclei: 
         "nuclei_features": {"count": len(nuclei), "summary": _hash(json.dumps(
             [feature_summary(f) for f in nuclei], sort_keys=True).encode())},
     }
+
+
+def _demo_model():
+    from predictions.pipelines import ModelSpec
+
+    meta = json.loads((DEMO_MODEL / "model.json").read_text())
+    path = DEMO_MODEL / meta["file"]
+    return ModelSpec(str(path), hashlib.sha256(path.read_bytes()).hexdigest(), meta["tile_size"], meta["mpp"],
+                     tuple(meta["mean"]), tuple(meta["std"]), tuple(meta["class_names"]))
+
+
+def outputs(folder: Path) -> dict:
+    """The fingerprint of every case, built by the platform's own functions."""
+    from predictions import engine, geojson
+    from predictions.pipelines import installed
+    from predictions.pipelines.runner import run_slide
+
+    codes = {name: code for (name, _), code in installed().items()}
+    model = _demo_model()
+    paths = slide_paths(folder)
+    found = {}
+    for name, slide, params in CASES:
+        code = codes[name]
+        spec = model if code.model_name else None
+        result = run_slide(code, paths[slide], params, spec)
+        plan, mask = result.prepared.plan, result.prepared.mask
+        size = (result.width, result.height)
+        collection = geojson.feature_collection(code, plan, result.rows, mask, *size, key="run-1",
+                                                class_names=spec.class_names if spec else ())
+        nuclei = (geojson.nucleus_features(result.detections, key="run-1", mpp=plan.mpp, width=size[0],
+                                           height=size[1], path_class=code.detection_class)
+                  if result.detections is not None else [])
+        found[f"{name}/{slide}"] = fingerprint(
+            result, engine.tile_table_csv(code, plan, result.rows),
+            geojson.overlay_data(code, plan, result.rows, mask, *size), collection, nuclei)
+    return found
+
+
+if __name__ == "__main__" and "--record" in sys.argv:
+    import tempfile
+
+    import django
+
+    django.setup()
+    with tempfile.TemporaryDirectory() as tmp:
+        recorded = outputs(Path(tmp))
+    GOLDEN.write_text(json.dumps(recorded, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    print(f"recorded {len(recorded)} cases in {GOLDEN}")
