@@ -9,6 +9,8 @@ import os
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+from .queues import MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "histoia.settings")
 
 app = Celery("histoia")
@@ -19,11 +21,9 @@ _exchange = Exchange("histoia", type="direct", durable=True)
 # declared from the start: RabbitMQ refuses to redeclare a queue with other arguments.
 QUEUES = {
     name: Queue(name, _exchange, routing_key=name, durable=True,
-                queue_arguments={"x-max-priority": 10})
-    for name in ("cpu", "gpu")
+                queue_arguments={"x-max-priority": MAX_PRIORITY})
+    for name in QUEUE_NAMES
 }
-PRIORITY_NORMAL = 5
-PRIORITY_URGENT = 9
 
 app.conf.update(
     task_queues=tuple(QUEUES.values()),

@@ -21,8 +21,11 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from contextlib import contextmanager
+from contextvars import ContextVar
 
+from celery import current_app
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import DatabaseError, transaction
@@ -123,18 +126,21 @@ def send_start(prediction: Prediction) -> None:
 
 
 def _send_after_commit(task_name, prediction, args, task_id=None, robust=False):
-    from histoia.celery import app
-
+    inline = _inline.get()
+    if inline is not None:  # inside inline_steps(): the step runs in this process, not on a worker
+        transaction.on_commit(lambda: inline.send(task_name, args))
+        return
     priority = prediction.celery_priority
 
     def send():
         if not robust:
-            app.send_task(task_name, args=args, task_id=task_id, priority=priority)
+            current_app.send_task(task_name, args=args, task_id=task_id, priority=priority)
             return
         try:
             # Submitted from a page or the API: give up on the broker within a few seconds
             # rather than hold the request; the re-send job sends it later.
-            app.send_task(task_name, args=args, task_id=task_id, priority=priority, retry_policy=SUBMIT_RETRY)
+            current_app.send_task(task_name, args=args, task_id=task_id, priority=priority,
+                                  retry_policy=SUBMIT_RETRY)
         except Exception:
             log.warning("could not send %s for prediction %s; it will be sent again", task_name,
                         prediction.pk, exc_info=True)
@@ -428,8 +434,6 @@ def cancel(prediction: Prediction, user=None) -> None:
     """Stop a prediction: queued messages are revoked, running batches stop at the next boundary."""
     from django_celery_results.models import TaskResult
 
-    from histoia.celery import app
-
     now = timezone.now()
     updated = Prediction.objects.filter(pk=prediction.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
         status=Status.CANCELLED, cancelled_at=now, cancelled_by=user, finished_at=now)
@@ -441,10 +445,78 @@ def cancel(prediction: Prediction, user=None) -> None:
                    .values_list("task_id", flat=True))
     if pending:
         try:
-            app.control.revoke(pending)
+            current_app.control.revoke(pending)
         except Exception:  # the flag alone already stops them; revoking only saves the loading
             log.warning("could not broadcast revoke for prediction %s", prediction.pk, exc_info=True)
     prediction.refresh_from_db()
+
+
+# -- running the steps here instead of on the workers (demo data) ------------------------------
+class InlineSteps:
+    """The steps sent while inline_steps() is active; run() runs them here, in the order sent."""
+
+    def __init__(self):
+        self.pending: deque[tuple[str, tuple]] = deque()
+        self.ran = 0
+
+    def send(self, task_name: str, args) -> None:
+        """Add a step to the end of the line (what a message to the workers would be)."""
+        self.pending.append((task_name, tuple(args)))
+
+    def run(self, progress=None) -> int:
+        """Run the steps waiting, and those they send, until none is left; returns how many ran.
+
+        `progress(steps)` is called after each step. A step's own failure fails its slide with
+        a reason, as on a worker; an error outside a step (the database is away) stops here.
+        """
+        while self.pending:
+            task_name, args = self.pending.popleft()
+            step = _INLINE_STEPS.get(task_name)
+            if step is None:
+                raise LookupError(f"{task_name} is not a prediction step; inline_steps() cannot run it.")
+            step(*args)
+            self.ran += 1
+            if progress:
+                progress(self)
+        return self.ran
+
+
+# The functions behind the step tasks of tasks.py, by task name. A tile batch run here records
+# this machine's name as its worker.
+_INLINE_STEPS = {
+    "predictions.cpu.start_prediction": start,
+    "predictions.cpu.prepare_slide": prepare,
+    "predictions.cpu.tile_batch": lambda run_id, index: run_batch(run_id, index, "cpu", None),
+    "predictions.gpu.tile_batch": lambda run_id, index: run_batch(run_id, index, "gpu", None),
+    "predictions.cpu.aggregate_slide": aggregate,
+}
+_inline: ContextVar[InlineSteps | None] = ContextVar("histoia_inline_steps", default=None)
+
+
+@contextmanager
+def inline_steps():
+    """Run predictions' steps in this process instead of sending them to the workers.
+
+    For making demo data before any worker runs (manage.py seed_validation, so `make run`):
+    while active, every step the engine would send after commit (start, prepare, tile batches,
+    aggregate) is kept in the InlineSteps this yields, and its run() runs them one after the
+    other in the order sent; a step sent by a running step joins the end of the line, so
+    nothing nests. They are the functions the workers run (the tasks are thin wrappers around
+    them), so the figures are the same; nothing reaches the broker and no task row is written,
+    and the queues, priorities and retries of the real stack are not exercised. Never for a
+    page or the API: the request would wait for the whole prediction.
+
+        with engine.inline_steps() as steps:
+            submit(experiment, pipeline, slides)
+            steps.run()
+    """
+    steps = InlineSteps()
+    token = _inline.set(steps)
+    try:
+        yield steps
+    finally:
+        _inline.reset(token)
+        forget_kept()  # the slide the last step kept open
 
 
 # -- images -------------------------------------------------------------------------------------

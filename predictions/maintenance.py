@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from celery import states
+from celery import current_app, states
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -99,8 +99,6 @@ def sweep_stuck(*, now=None, stale_after: timedelta | None = None, max_requeues:
     """
     from django_celery_results.models import TaskResult
 
-    from histoia.celery import app
-
     now = now or timezone.now()
     stale_after = stale_after if stale_after is not None else timedelta(minutes=settings.STUCK_PREDICTION_MINUTES)
     max_requeues = settings.STUCK_PREDICTION_MAX_REQUEUES if max_requeues is None else max_requeues
@@ -110,7 +108,7 @@ def sweep_stuck(*, now=None, stale_after: timedelta | None = None, max_requeues:
         return summary
     # No task can legitimately run longer than the hard time limit: past it, "running" means a
     # message that kills its worker on every delivery, and it is treated as stuck too.
-    longest_task = timedelta(seconds=app.conf.task_time_limit or 0)
+    longest_task = timedelta(seconds=current_app.conf.task_time_limit or 0)
     for prediction in running:
         moved = last_progress(prediction)
         if moved >= now - stale_after:

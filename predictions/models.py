@@ -7,6 +7,7 @@ from django.db import models
 from django.urls import reverse
 
 from experiments.models import Experiment, Slide
+from histoia.queues import PRIORITY_NORMAL, PRIORITY_URGENT
 
 from .versions import version_key
 
@@ -239,8 +240,6 @@ class Prediction(models.Model):
 
     @property
     def celery_priority(self) -> int:
-        from histoia.celery import PRIORITY_NORMAL, PRIORITY_URGENT
-
         return PRIORITY_URGENT if self.priority == self.Priority.URGENT else PRIORITY_NORMAL
 
     def provenance(self) -> dict:

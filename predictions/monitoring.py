@@ -17,13 +17,15 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from histoia.queues import QUEUE_NAMES
+
 log = logging.getLogger(__name__)
 
-QUEUE_NAMES = ("cpu", "gpu")
 WORKERS_CACHE_KEY = "histoia:monitoring:workers"
 DEPTHS_CACHE_KEY = "histoia:monitoring:queue-depths"
 WORKERS_CACHE_SECONDS = 5
@@ -87,9 +89,7 @@ def _refresh_in_background(timeout: float) -> None:
 
 
 def _ask_workers(timeout: float) -> list[dict]:
-    from histoia.celery import app
-
-    inspect = app.control.inspect(timeout=timeout)
+    inspect = current_app.control.inspect(timeout=timeout)
     questions = {"active": inspect.active, "stats": inspect.stats, "queues": inspect.active_queues}
     answers = {}
     # Asked at once: each broadcast waits its whole timeout for replies, so in sequence they
@@ -186,11 +186,9 @@ def _filesystem_depths() -> dict[str, int | None]:
 
 
 def _amqp_depths() -> dict[str, int | None]:
-    from histoia.celery import app
-
     depths = dict.fromkeys(QUEUE_NAMES)
     try:
-        with app.connection_for_read() as conn:
+        with current_app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             channel = conn.default_channel
             for name in QUEUE_NAMES:

@@ -7,10 +7,11 @@ truth in the experiment's notes; docs/validation.md) and the shared real slide
 (../shared/data/slides/cmu-1-small-region.svs) where present. Its stain is left undeclared, so
 every slide runs every pipeline and ihc-dab flags the H&E slides with stain_mismatch.
 
-The work goes through the same code as always (services.add_upload, engine.submit, the Celery
-task bodies), but the messages those send are run here, in this process, one after the other,
-instead of going to the broker: this makes demo data, it does not exercise the queues, and the
-workers start with nothing to do. The predictions are marked trigger "command".
+Everything is computed here, in this process, and nothing is sent to the broker: this makes
+demo data, it does not exercise the queues, and the workers start with nothing to do. Slides
+are stored as uploads are and checked by the validation task's own body; the predictions are
+submitted as always (engine.submit, trigger "command") and their steps run through
+engine.inline_steps(), the engine's entry point for running steps here instead of on workers.
 
 Idempotent: when the experiment is there with every prediction ended, nothing happens. A seed
 that was interrupted is completed: missing slides are added, slides not checked yet are
@@ -18,13 +19,9 @@ checked, and unfinished predictions are finished from where they stopped (their 
 idempotent).
 """
 
-import logging
 import tempfile
 import time
-from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -32,10 +29,12 @@ from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from experiments import services
 from experiments.models import Experiment, Lab, Slide, Stain
+from experiments.tasks import validate_slide
+from experiments.uploads import clean_file_name, display_name
 from predictions import engine
 from predictions.catalogue import register_demo_model
+from predictions.maintenance import outstanding_work
 from predictions.models import FINAL_STATES, Pipeline, Prediction, Status
 
 LAB = "Demo lab"
@@ -50,48 +49,6 @@ DESCRIPTION = (
 )
 # The figure a summary line shows for a slide, by figure name (the first one present wins).
 HEADLINE = ("dab_positive_fraction", "nuclei_count", "class_fraction_", "tissue_area_mm2", "tissue_area_px")
-
-
-class InProcess:
-    """While active, Celery messages are queued here and run in this process, in the order sent.
-
-    Both `task.delay()` and `app.send_task()` end in `app.send_task`, which is replaced for the
-    time being; `drain()` runs each message's task body with `task.apply()` (what an eager
-    task does). Messages sent by a running task join the end of the line, so nothing nests.
-    """
-
-    def __init__(self):
-        from histoia.celery import app
-
-        self.app = app
-        self.pending = deque()
-        self.ran = 0
-
-    def send_task(self, name, args=None, kwargs=None, countdown=None, eta=None, task_id=None, **options):
-        self.pending.append((name, tuple(args or ()), dict(kwargs or {}), task_id))
-
-    @contextmanager
-    def active(self):
-        self.app.loader.import_default_modules()  # every app's tasks.py, as a worker does
-        trace_log = logging.getLogger("celery.app.trace")
-        level = trace_log.level
-        trace_log.setLevel(logging.WARNING)  # no "Task ... succeeded" line per step
-        with mock.patch.object(self.app, "send_task", self.send_task):
-            try:
-                yield self
-            finally:
-                engine.forget_kept()
-                trace_log.setLevel(level)
-
-    def drain(self, progress=None):
-        while self.pending:
-            name, args, kwargs, task_id = self.pending.popleft()
-            result = self.app.tasks[name].apply(args=args, kwargs=kwargs, task_id=task_id)
-            if result.failed():
-                raise CommandError(f"{name}{args} failed: {result.result!r}\n{result.traceback}")
-            self.ran += 1
-            if progress:
-                progress(self)
 
 
 def current_pipelines() -> list[Pipeline]:
@@ -115,25 +72,24 @@ class Command(BaseCommand):
                           "before the workers start)...")
         user = get_user_model().objects.filter(username="histologist").first()
         register_demo_model()
-        runner = InProcess()
         self._last_report = time.monotonic()
-        with runner.active():
+        with engine.inline_steps() as steps:
             if experiment is None:
                 experiment = Experiment.objects.create(lab=lab, name=EXPERIMENT, created_by=user,
                                                        stain=Stain.UNKNOWN, description=DESCRIPTION)
             if not experiment.predictions.exists():
-                slides = self._slides(experiment, user, runner)
+                slides = self._slides(experiment, user)
                 self._submit(experiment, slides)
             else:
-                self._resume(experiment, runner)
-            runner.drain(self._progress)
+                self._resume(experiment, steps)
+            steps.run(self._progress)
         self.stdout.write(f"{EXPERIMENT} experiment ready in {time.monotonic() - started:.0f} s "
-                          f"({runner.ran} steps run in this process):")
+                          f"({steps.ran} steps run in this process):")
         for prediction in experiment.predictions.select_related("pipeline").order_by("pipeline__name", "pk"):
             self.stdout.write("  " + summary(prediction))
 
     # -- slides -------------------------------------------------------------------------------
-    def _slides(self, experiment, user, runner) -> list[Slide]:
+    def _slides(self, experiment, user) -> list[Slide]:
         """The experiment's slides, every one checked: the validation set and the real slide."""
         from predictions.imaging.synthetic import write_validation_set
 
@@ -149,21 +105,15 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {REAL_SLIDE} is not on this machine: the real slide is left out.")
             for path in files:
                 if path.name not in have:
-                    with open(path, "rb") as fh:
-                        # Through the service the page and the API use: stored, then checked.
-                        have[path.name] = services.add_upload(experiment, File(fh, name=path.name), user)
+                    have[path.name] = self._store(experiment, path, user)
             if not experiment.notes:
                 experiment.notes = truth_notes(c for _, c in written)
                 if REAL_SLIDE in files:
                     experiment.notes += (f"\n{REAL_SLIDE.name}: a real Aperio H&E scan (a small region of "
                                          "CMU-1), no ground truth.")
                 experiment.save(update_fields=["notes"])
-        from experiments.tasks import validate_slide
-
         for slide in experiment.slides.filter(status=Slide.Status.PENDING):
-            if not any(m[0] == validate_slide.name and m[1] == (slide.pk,) for m in runner.pending):
-                validate_slide.delay(slide.pk)
-        runner.drain()
+            validate_slide(slide.pk)  # the task's body, here: what a cpu worker does with an upload
         slides = list(experiment.slides.order_by("original_name"))
         for slide in slides:
             if slide.status != Slide.Status.READY:
@@ -173,6 +123,19 @@ class Command(BaseCommand):
         if not ready:
             raise CommandError("No slide of the Validation experiment could be read.")
         return ready
+
+    def _store(self, experiment, path: Path, user) -> Slide:
+        """A pending slide stored as an upload is (name cleaned, in the lab's folder).
+
+        Not through experiments.services.add_upload: that sends the slide to a cpu worker to be
+        checked, and here nothing goes to the workers; _slides() checks it in this process.
+        """
+        with open(path, "rb") as fh:
+            slide = Slide(experiment=experiment, original_name=display_name(path.name),
+                          source=Slide.Source.UPLOAD, uploaded_by=user, size_bytes=path.stat().st_size)
+            slide.file.save(clean_file_name(path.name), File(fh), save=False)
+            slide.save()
+        return slide
 
     # -- predictions --------------------------------------------------------------------------
     def _submit(self, experiment, slides):
@@ -189,10 +152,8 @@ class Command(BaseCommand):
     def _unfinished(self, experiment):
         return experiment.predictions.exclude(status__in=FINAL_STATES)
 
-    def _resume(self, experiment, runner):
+    def _resume(self, experiment, steps):
         """Finish the predictions an interrupted seed left queued or running."""
-        from predictions.maintenance import outstanding_work
-
         for prediction in self._unfinished(experiment).select_related("pipeline"):
             self.stdout.write(f"  finishing prediction #{prediction.pk} ({prediction.pipeline}), "
                               "left unfinished")
@@ -200,14 +161,14 @@ class Command(BaseCommand):
                 engine.send_start(prediction)
                 continue
             for work in outstanding_work(prediction):
-                runner.send_task(work.task_name, list(work.args), task_id=work.task_id)
+                steps.send(work.task_name, work.args)
             engine.advance(prediction.pk)  # slides not started yet, or a prediction whose slides all ended
 
-    def _progress(self, runner):
+    def _progress(self, steps):
         now = time.monotonic()
         if now - self._last_report >= 10:
             self._last_report = now
-            self.stdout.write(f"  ... {runner.ran} steps done, {len(runner.pending)} waiting")
+            self.stdout.write(f"  ... {steps.ran} steps done, {len(steps.pending)} waiting")
 
 
 def truth_notes(cases) -> str:
