@@ -19,7 +19,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from . import deepzoom
+from . import deepzoom, viewer_layers
 from .models import Slide
 
 OPENSEADRAGON_JS = "vendor/openseadragon/openseadragon.min.js"
@@ -60,34 +60,20 @@ def _pyramid(path: str) -> deepzoom.SlidePyramid:
 
 @require_GET
 def slide_viewer(request, pk):
-    from predictions.models import Prediction, SlideRun, Status
-
     slide = get_object_or_404(Slide.objects.for_user(request.user).select_related("experiment"), pk=pk)
-    runs = list(SlideRun.objects.filter(slide=slide, status=Status.SUCCEEDED,
-                                        prediction__in=Prediction.objects.for_user(request.user))
-                .select_related("prediction__pipeline").order_by("-prediction__created_at", "-pk"))
-    wanted = request.GET.get("run")
-    run = next((r for r in runs if str(r.pk) == wanted), runs[0] if runs else None)
-    layers = []
-    if run is not None:
-        for name, image in (run.images or {}).items():
-            layers.append({"name": name, "label": (image.get("legend") or {}).get("label") or name,
-                           "legend": image.get("legend") or {},
-                           "url": reverse("predictions:run_file", args=[run.pk, f"{name}.png"])})
-    try:
-        tiled = run is not None and run.prediction.pipeline.code.is_tiled
-    except LookupError:  # the pipeline's code is no longer installed
-        tiled = False
+    # What is drawn over the slide comes from the apps that registered layers (predictions: a
+    # finished run's overlays); experiments/viewer_layers.py says why the page asks for them.
+    overlays = viewer_layers.layers_for(request, slide) if slide.is_ready else None
     config = {
         "dzi": reverse("experiments:slide_dzi", args=[slide.pk]),
         "prefixUrl": settings.STATIC_URL.rstrip("/") + "/vendor/openseadragon/images/",
         "slide": {"width": slide.width, "height": slide.height, "mpp": slide.mpp},
-        "layers": [{k: v for k, v in layer.items() if k != "legend"} for layer in layers],
-        "overlay": reverse("predictions:run_overlay", args=[run.pk]) if run else None,
+        "layers": [{k: v for k, v in layer.items() if k != "legend"} for layer in overlays.layers] if overlays else [],
+        "overlay": overlays.data_url if overlays else None,
     }
     return render(request, "experiments/viewer.html", {
-        "slide": slide, "experiment": slide.experiment, "runs": runs, "run": run, "layers": layers,
-        "tiled": tiled, "config": config, "osd_available": openseadragon_available(), "osd_js": OPENSEADRAGON_JS,
+        "slide": slide, "experiment": slide.experiment, "overlays": overlays, "config": config,
+        "osd_available": openseadragon_available(), "osd_js": OPENSEADRAGON_JS,
     })
 
 

@@ -7,6 +7,11 @@ class PredictionsConfig(AppConfig):
     verbose_name = "Pipelines and predictions"
 
     def ready(self):
+        from experiments import viewer_layers
+
         from .catalogue import sync_pipelines
+        from .viewer_layers import finished_runs
 
         post_migrate.connect(sync_pipelines, sender=self)
+        # The slide viewer (experiments) shows a slide's finished runs through this hook.
+        viewer_layers.register(finished_runs)

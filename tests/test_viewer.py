@@ -2,6 +2,7 @@
 that gives back the same bytes, and nothing at all for a member of another lab."""
 
 import io
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -147,3 +148,50 @@ def test_pending_or_invalid_slides_have_no_tiles(alice_client, experiment):
     assert alice_client.get(tile_url(slide, 0, 0, 0)).status_code == 404
     page = alice_client.get(reverse("experiments:viewer", args=[slide.pk]))
     assert page.status_code == 200 and "viewer opens once it has been checked" in page.content.decode()
+
+
+# -- what predictions lay over a slide (a hook: experiments/viewer_layers.py) ---------------------
+def viewer_page(client, slide, **params):
+    response = client.get(reverse("experiments:viewer", args=[slide.pk]), params)
+    assert response.status_code == 200
+    html = response.content.decode()
+    config = json.loads(html.split('<script id="viewer-config" type="application/json">')[1].split("</script>")[0])
+    return html, config
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_prediction_is_laid_over_its_slide(alice_client, cmu, pipelines):
+    from predictions import engine
+
+    # Two finished predictions of the slide, computed in this process (no worker needed).
+    with engine.inline_steps() as steps:
+        older = engine.submit(cmu.experiment, pipelines["tissue-area"], [cmu])
+        newer = engine.submit(cmu.experiment, pipelines["tissue-area"], [cmu])
+        steps.run()
+    old_run, new_run = older.runs.get(), newer.runs.get()
+    assert old_run.status == new_run.status == "succeeded" and new_run.images
+
+    html, config = viewer_page(alice_client, cmu)
+    # The newest is shown, the other one offered.
+    assert f'<option value="{new_run.pk}" selected>#{newer.pk} · ' in html
+    assert f'<option value="{old_run.pk}">#{older.pk} · ' in html
+    assert "No finished prediction on this slide yet" not in html
+    assert f'href="{reverse("predictions:detail", args=[newer.pk])}">prediction #{newer.pk}</a>' in html
+    assert reverse("predictions:run_regions", args=[new_run.pk]) in html
+    assert config["overlay"] == reverse("predictions:run_overlay", args=[new_run.pk])
+    assert [layer["name"] for layer in config["layers"]] == list(new_run.images)
+    assert all(f'data-layer-toggle="{name}"' in html for name in new_run.images)
+
+    html, config = viewer_page(alice_client, cmu, run=old_run.pk)
+    assert f'<option value="{old_run.pk}" selected>' in html
+    assert config["overlay"] == reverse("predictions:run_overlay", args=[old_run.pk])
+
+
+def test_without_a_layer_provider_the_viewer_shows_the_slide_alone(alice_client, cmu, monkeypatch):
+    from experiments import viewer_layers
+
+    monkeypatch.setattr(viewer_layers, "_providers", [])  # as on a server without predictions
+    html, config = viewer_page(alice_client, cmu)
+    assert "Nothing can be laid over this slide on this server." in html
+    assert config["layers"] == [] and config["overlay"] is None
+    assert f"/experiments/slides/{cmu.pk}/slide.dzi" in html
