@@ -5,9 +5,11 @@ plan, tile rows and, optionally, a per-nucleus detections file written the way t
 import numpy as np
 from django.utils import timezone
 
+from experiments.models import Slide
 from predictions import detections
-from predictions.models import BatchResult, Prediction, SlideRun, Status
+from predictions.models import BatchResult, Status
 from predictions.pipelines import Plan
+from tests.factories import PredictionFactory, SlideFactory, SlideRunFactory, pipeline_row
 
 WIDTH, HEIGHT, TILE = 4000, 3000, 500
 
@@ -22,25 +24,20 @@ def finished_run(experiment, nuclei=None, *, batches=3, mpp=0.5, name="synthetic
     """A succeeded run of nuclei-density on a WIDTH x HEIGHT slide of `experiment` (a row only,
     no file) or on `slide`; with `nuclei` ((N, 3) x, y, area) split over `batches` batch files
     and merged."""
-    from experiments.models import Slide
-    from predictions.catalogue import sync_pipelines
-    from predictions.models import Pipeline
-
-    sync_pipelines()
-    pipeline = Pipeline.objects.filter(name="nuclei-density", installed=True).order_by("-pk").first()
     if slide is None:
-        slide = Slide.objects.create(experiment=experiment, original_name=name, status=Slide.Status.READY,
-                                     width=WIDTH, height=HEIGHT, mpp=mpp)
+        slide = SlideFactory(experiment=experiment, source=None, original_name=name, status=Slide.Status.READY,
+                             width=WIDTH, height=HEIGHT, mpp=mpp)
     grid = (-(-slide.height // TILE), -(-slide.width // TILE))
     tiles = [(r, c) for r in range(grid[0]) for c in range(grid[1])][:5]
     plan = Plan(mpp=mpp, analysis_downsample=1.0, tile_size=TILE, mask_downsample=16.0,
                 mask_shape=(slide.height // 16, slide.width // 16), grid_shape=grid, tiles=tiles,
                 tile_tissue=[1.0] * len(tiles), batch_size=2)
     now = timezone.now()
-    prediction = Prediction.objects.create(experiment=slide.experiment, pipeline=pipeline, status=Status.SUCCEEDED,
-                                           finished_at=now)
-    run = SlideRun.objects.create(prediction=prediction, slide=slide, status=Status.SUCCEEDED, plan=plan.to_json(),
-                                  finished_at=now)
+    # Not submitted by anyone: no user and no parameters (the tests using this run were written
+    # against that row).
+    prediction = PredictionFactory(experiment=slide.experiment, pipeline=pipeline_row("nuclei-density"), params={},
+                                   triggered_by=None, status=Status.SUCCEEDED, finished_at=now)
+    run = SlideRunFactory(prediction=prediction, slide=slide, plan=plan.to_json(), finished_at=now)
     for index, batch in enumerate(plan.batches()):
         BatchResult.objects.create(run=run, index=index, rows=[{"nuclei": 7, "tissue_px": 1000, "section_px": 1000, "nuclear_px": 300} for _ in batch],
                                    tiles=len(batch), queue="cpu", started_at=now, finished_at=now, seconds=0.1)

@@ -3,17 +3,13 @@
 import pytest
 from django.urls import reverse
 
-from experiments.models import Experiment, Slide
-
-
-@pytest.fixture
-def slide(experiment):
-    return Slide.objects.create(experiment=experiment, original_name="case-01.svs",
-                                status=Slide.Status.READY, thumbnail="thumbnails/x.png")
+from experiments.models import Experiment
+from tests.conftest import PASSWORD
+from tests.factories import ExperimentFactory
 
 
 def test_experiment_list_shows_only_the_users_labs(alice_client, bob_client, experiment, lab_b, bob):
-    Experiment.objects.create(name="Bob's kidney study", lab=lab_b, created_by=bob)
+    ExperimentFactory(name="Bob's kidney study", lab=lab_b, created_by=bob)
     alice_page = alice_client.get(reverse("experiments:list")).content.decode()
     bob_page = bob_client.get(reverse("experiments:list")).content.decode()
     assert "Liver fibrosis" in alice_page and "Bob&#x27;s kidney study" not in alice_page
@@ -48,7 +44,7 @@ def test_login_is_required(client, db, url):
 
 def test_login_page_and_logout(client, alice):
     assert client.get("/accounts/login/").status_code == 200
-    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery staple"})
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
     assert response.status_code == 302
     assert client.get("/experiments/").status_code == 200
     client.post("/accounts/logout/")

@@ -15,7 +15,8 @@ from predictions import engine, maintenance
 from predictions.models import BatchResult, Prediction, SlideRun, Status
 from predictions.pipelines import Plan
 from predictions.tasks import expire_task_results, resend_queued_predictions, sweep_stuck_predictions
-from tests.conftest import CMU_SLIDE, wait_final, wait_for
+from tests.conftest import CMU_SLIDE, token_client, wait_final, wait_for
+from tests.factories import PredictionFactory, SlideFactory, SlideRunFactory
 
 MAINTENANCE = {
     "Histo-IA: expire old task results": "predictions.cpu.expire_task_results",
@@ -62,21 +63,15 @@ PLAN = Plan(mpp=0.5, analysis_downsample=1.0, tile_size=128, mask_downsample=16.
 def stuck(db, experiment):
     """A running prediction that stopped moving an hour ago: slide 1 has batch 0 of 2, slide 2
     has no plan (its prepare was lost), slide 3 has every batch but no aggregate."""
-    from predictions.catalogue import sync_pipelines
-    from predictions.models import Pipeline
-
-    sync_pipelines()
     hour_ago = timezone.now() - timedelta(hours=1)
-    prediction = Prediction.objects.create(experiment=experiment, pipeline=Pipeline.objects.get(name="ihc-dab"),
-                                           status=Status.RUNNING, started_at=hour_ago, params={})
+    prediction = PredictionFactory(experiment=experiment, pipeline_name="ihc-dab", status=Status.RUNNING,
+                                   started_at=hour_ago)
     runs = []
     for i in range(3):
-        from experiments.models import Slide
-
-        slide = Slide.objects.create(experiment=experiment, original_name=f"s{i}.svs", status=Slide.Status.READY)
-        runs.append(SlideRun.objects.create(prediction=prediction, slide=slide, status=Status.RUNNING,
-                                            started_at=hour_ago, plan=None if i == 1 else PLAN.to_json(),
-                                            total_units=5, done_units=1, aggregate_dispatched=i == 2))
+        slide = SlideFactory(experiment=experiment, original_name=f"s{i}.svs")
+        runs.append(SlideRunFactory(prediction=prediction, slide=slide, started_at=hour_ago,
+                                    plan=None if i == 1 else PLAN.to_json(), total_units=5, done_units=1,
+                                    aggregate_dispatched=i == 2))
     for run, indices in ((runs[0], [0]), (runs[2], [0, 1])):
         for index in indices:
             BatchResult.objects.create(run=run, index=index, rows=[{}], tiles=1, queue="cpu", started_at=hour_ago,
@@ -199,12 +194,9 @@ def test_sweep_requeues_the_work_of_a_prediction_whose_worker_disappeared(worker
 def test_a_prediction_left_queued_by_an_unreachable_broker_is_sent_again(workers, pipelines, make_slide, alice,
                                                                         monkeypatch):
     from kombu.exceptions import OperationalError
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
 
     slide = make_slide(CMU_SLIDE)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client = token_client(alice)
 
     def unreachable(*args, **kwargs):
         raise OperationalError("[Errno 111] Connection refused")

@@ -5,12 +5,10 @@ prediction's provenance and in the admin; the shipped demo model's card says wha
 import json
 
 import pytest
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
-from experiments.models import Slide
 from predictions.catalogue import DEMO_MODEL_DIR, register_demo_model
-from predictions.models import Pipeline, Prediction, RegisteredModel, SlideRun, Status
+from predictions.models import Prediction, RegisteredModel, Status
+from tests.factories import PredictionFactory, SlideRunFactory
 
 API = "/api/v1"
 BADGE = "Demo — not for diagnosis"
@@ -19,34 +17,16 @@ CARD_KEYS = {"name", "version", "sha256", "description", "trained_on", "classes"
 
 
 @pytest.fixture
-def rows(db):
-    from predictions.catalogue import sync_pipelines
-
-    sync_pipelines()
-    return {p.name: p for p in Pipeline.objects.filter(installed=True)}
-
-
-@pytest.fixture
 def demo(db):
     return register_demo_model()
 
 
-@pytest.fixture
-def alice_api(alice):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
-    return client
-
-
 def classifier_prediction(experiment, pipeline, model):
-    slide = Slide.objects.create(experiment=experiment, original_name="cmu.svs", status=Slide.Status.READY,
-                                 sha256="ab" * 32)
-    prediction = Prediction.objects.create(experiment=experiment, pipeline=pipeline, model=model,
-                                           model_sha256=model.sha256, status=Status.SUCCEEDED, params={},
-                                           total_units=2, done_units=2)
-    SlideRun.objects.create(prediction=prediction, slide=slide, status=Status.SUCCEEDED, slide_sha256=slide.sha256,
-                            metrics={"class_fraction_background": 0.5, "class_fraction_stroma": 0.2,
-                                     "class_fraction_cellular": 0.3})
+    prediction = PredictionFactory(experiment=experiment, pipeline=pipeline, model=model, status=Status.SUCCEEDED,
+                                   total_units=2, done_units=2)
+    SlideRunFactory(prediction=prediction, slide__original_name="cmu.svs",
+                    metrics={"class_fraction_background": 0.5, "class_fraction_stroma": 0.2,
+                             "class_fraction_cellular": 0.3})
     return prediction
 
 
@@ -83,7 +63,7 @@ def test_register_demo_model_updates_the_card_of_an_existing_row(demo):
 
 
 # -- API --------------------------------------------------------------------------------------------
-def test_api_models_and_pipelines_show_the_card(rows, demo, alice_api):
+def test_api_models_and_pipelines_show_the_card(pipeline_rows, demo, alice_api):
     models = alice_api.get(f"{API}/models/").json()["results"]
     assert len(models) == 1
     listed = models[0]
@@ -93,14 +73,14 @@ def test_api_models_and_pipelines_show_the_card(rows, demo, alice_api):
     assert listed["classes"][0] == {"name": "background", "meaning": demo.label_meanings["background"]}
     assert listed["label_meanings"] == demo.label_meanings and listed["class_names"] == demo.class_names
 
-    classifier = alice_api.get(f"{API}/pipelines/{rows['tissue-classifier'].pk}/").json()
+    classifier = alice_api.get(f"{API}/pipelines/{pipeline_rows['tissue-classifier'].pk}/").json()
     assert {k: classifier["model"][k] for k in CARD_KEYS} == demo.card()
     assert classifier["model"]["id"] == demo.pk
-    assert alice_api.get(f"{API}/pipelines/{rows['ihc-dab'].pk}/").json()["model"] is None
+    assert alice_api.get(f"{API}/pipelines/{pipeline_rows['ihc-dab'].pk}/").json()["model"] is None
 
 
-def test_api_prediction_detail_has_the_card_in_its_provenance(rows, demo, alice_api, experiment):
-    prediction = classifier_prediction(experiment, rows["tissue-classifier"], demo)
+def test_api_prediction_detail_has_the_card_in_its_provenance(pipeline_rows, demo, alice_api, experiment):
+    prediction = classifier_prediction(experiment, pipeline_rows["tissue-classifier"], demo)
     body = alice_api.get(f"{API}/predictions/{prediction.pk}/").json()
     card = body["provenance"]["model_card"]
     assert card == demo.card() and card["not_for_diagnosis"] is True
@@ -110,8 +90,12 @@ def test_api_prediction_detail_has_the_card_in_its_provenance(rows, demo, alice_
 
 
 # -- pages --------------------------------------------------------------------------------------------
-def test_new_prediction_page_shows_the_card_and_the_demo_badge(rows, demo, alice_client, experiment):
-    page = alice_client.get(f"/predictions/new/{experiment.pk}/?pipeline={rows['tissue-classifier'].pk}")
+def new_prediction_page(client, experiment, pipeline):
+    return client.get(f"/predictions/new/{experiment.pk}/?pipeline={pipeline.pk}")
+
+
+def test_new_prediction_page_shows_the_card_and_the_demo_badge(pipeline_rows, demo, alice_client, experiment):
+    page = new_prediction_page(alice_client, experiment, pipeline_rows["tissue-classifier"])
     html = page.content.decode()
     assert page.status_code == 200
     assert "Model card: tissue-classifier-demo" in html and "version 2" in html
@@ -124,22 +108,22 @@ def test_new_prediction_page_shows_the_card_and_the_demo_badge(rows, demo, alice
 
     # A research model marked for use: the card, no badge.
     RegisteredModel.objects.filter(pk=demo.pk).update(not_for_diagnosis=False)
-    html = alice_client.get(f"/predictions/new/{experiment.pk}/?pipeline={rows['tissue-classifier'].pk}").content.decode()
+    html = new_prediction_page(alice_client, experiment, pipeline_rows["tissue-classifier"]).content.decode()
     assert "Model card: tissue-classifier-demo" in html and BADGE not in html
 
     # A pipeline without a model shows no card.
-    html = alice_client.get(f"/predictions/new/{experiment.pk}/?pipeline={rows['ihc-dab'].pk}").content.decode()
+    html = new_prediction_page(alice_client, experiment, pipeline_rows["ihc-dab"]).content.decode()
     assert "Model card" not in html and BADGE not in html
 
 
-def test_new_prediction_page_says_when_no_model_is_registered(rows, alice_client, experiment):
-    html = alice_client.get(f"/predictions/new/{experiment.pk}/?pipeline={rows['tissue-classifier'].pk}").content.decode()
+def test_new_prediction_page_says_when_no_model_is_registered(pipeline_rows, alice_client, experiment):
+    html = new_prediction_page(alice_client, experiment, pipeline_rows["tissue-classifier"]).content.decode()
     assert "No enabled model “tissue-classifier-demo” is registered" in html
 
 
-def test_prediction_page_shows_the_card_and_the_badge_by_the_figures(rows, demo, alice_client, bob_client,
+def test_prediction_page_shows_the_card_and_the_badge_by_the_figures(pipeline_rows, demo, alice_client, bob_client,
                                                                     experiment):
-    prediction = classifier_prediction(experiment, rows["tissue-classifier"], demo)
+    prediction = classifier_prediction(experiment, pipeline_rows["tissue-classifier"], demo)
     html = alice_client.get(f"/predictions/{prediction.pk}/").content.decode()
     assert html.count(BADGE) == 2   # above the figures, and beside the model in the provenance
     assert html.index(BADGE) < html.index('<table class="table figures">')
@@ -149,7 +133,7 @@ def test_prediction_page_shows_the_card_and_the_badge_by_the_figures(rows, demo,
     assert "has changed since this prediction ran" not in provenance
     assert bob_client.get(f"/predictions/{prediction.pk}/").status_code == 404
 
-    other = classifier_prediction(experiment, rows["ihc-dab"], demo)
+    other = classifier_prediction(experiment, pipeline_rows["ihc-dab"], demo)
     Prediction.objects.filter(pk=other.pk).update(model=None, model_sha256="")
     html = alice_client.get(f"/predictions/{other.pk}/").content.decode()
     assert BADGE not in html and "Model card" not in html

@@ -7,18 +7,17 @@ from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
-from predictions.models import Prediction, Status
+from predictions.models import Status
 from tests.conftest import wait_for
+from tests.factories import PredictionFactory
 
 
 @pytest.mark.worker
-def test_staff_see_each_queue_with_its_worker_and_recent_failures(workers, client, admin_user, experiment, pipelines):
+def test_staff_see_each_queue_with_its_worker_and_recent_failures(workers, admin_client, experiment, pipelines):
     cache.clear()
-    Prediction.objects.create(experiment=experiment, pipeline=pipelines["ihc-dab"], status=Status.FAILED,
-                              error="Every slide failed; see each slide's reason.",
-                              finished_at=timezone.now())
-    client.force_login(admin_user)
-    page = client.get(reverse("predictions:monitoring")).content.decode()
+    PredictionFactory(experiment=experiment, pipeline=pipelines["ihc-dab"], status=Status.FAILED,
+                      error="Every slide failed; see each slide's reason.", finished_at=timezone.now())
+    page = admin_client.get(reverse("predictions:monitoring")).content.decode()
     assert workers.cpu_name in page and workers.gpu_name in page
     assert 'data-queue="cpu"' in page and 'data-queue="gpu"' in page
     assert "No worker answers" not in page

@@ -9,14 +9,13 @@ files alike), while lab A's member reaches it.
 import re
 
 import pytest
-from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from experiments.models import Experiment, Slide
 from predictions import engine
-from predictions.models import Prediction, SlideRun, Status
+from predictions.models import SlideRun, Status
 from predictions.pipelines import Plan
-from tests.conftest import CMU_SLIDE
+from tests.conftest import csrf_checking_client, token_client
+from tests.factories import ExperimentFactory, PredictionFactory, SlideFactory, SlideRunFactory
 
 SAME_ID = 4242
 PUBLIC = {"login", "healthz", "api-schema", "api-docs"}          # no login needed
@@ -50,21 +49,13 @@ def url_for(name, groups):
 @pytest.fixture
 def lab_a_objects(alice, lab_a, pipelines, django_capture_on_commit_callbacks):
     """One of each of lab A's objects, all with id SAME_ID, with real files and a real result."""
-    from django.core.files import File
-
-    from experiments.tasks import validate_slide
-
-    experiment = Experiment.objects.create(pk=SAME_ID, name="Sweep", lab=lab_a, created_by=alice)
-    slide = Slide(pk=SAME_ID, experiment=experiment, original_name="case.svs")
-    with open(CMU_SLIDE, "rb") as fh:
-        slide.file.save("case.svs", File(fh), save=False)
-    slide.save()
-    validate_slide(SAME_ID)
-    prediction = Prediction.objects.create(pk=SAME_ID, experiment=experiment, pipeline=pipelines["nuclei-density"],
-                                           params=pipelines["nuclei-density"].code.parse_params(
-                                               {"tile_size": 512, "min_tissue": 0.25}),
-                                           status=Status.RUNNING, triggered_by=alice)
-    SlideRun.objects.create(pk=SAME_ID, prediction=prediction, slide=slide, status=Status.RUNNING)
+    experiment = ExperimentFactory(pk=SAME_ID, name="Sweep", lab=lab_a, created_by=alice)
+    slide = SlideFactory(pk=SAME_ID, experiment=experiment, original_name="case.svs")
+    prediction = PredictionFactory(pk=SAME_ID, experiment=experiment, pipeline=pipelines["nuclei-density"],
+                                   params=pipelines["nuclei-density"].code.parse_params(
+                                       {"tile_size": 512, "min_tissue": 0.25}),
+                                   status=Status.RUNNING, triggered_by=alice)
+    SlideRunFactory(pk=SAME_ID, prediction=prediction, slide=slide)
     # The task bodies, run in-process to build a finished result (queueing is tested elsewhere).
     with django_capture_on_commit_callbacks(execute=False):
         engine.prepare(SAME_ID)
@@ -74,12 +65,6 @@ def lab_a_objects(alice, lab_a, pipelines, django_capture_on_commit_callbacks):
         engine.aggregate(SAME_ID)
     assert SlideRun.objects.get(pk=SAME_ID).status == Status.SUCCEEDED
     return experiment
-
-
-def token_client(user):
-    from rest_framework.authtoken.models import Token
-
-    return Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
 
 
 def test_every_url_of_lab_a_is_404_for_lab_b_and_reachable_for_lab_a(lab_a_objects, alice_client, bob_client, bob, alice):
@@ -131,8 +116,7 @@ def test_login_is_required_everywhere_but_the_public_pages(lab_a_objects, client
 
 
 def test_every_form_post_needs_the_csrf_token(lab_a_objects, alice):
-    strict = Client(enforce_csrf_checks=True)
-    strict.force_login(alice)
+    strict = csrf_checking_client(alice)
     posted = 0
     for name, groups in every_url():
         if name in PUBLIC:

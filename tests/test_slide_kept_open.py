@@ -1,7 +1,6 @@
 """A worker keeps the slide of its last tile batch open, and reopens it when the file changed."""
 
 import os
-import shutil
 
 import pytest
 
@@ -17,9 +16,8 @@ def nothing_kept():
     engine.forget_kept()
 
 
-def test_consecutive_batches_share_one_open_slide_until_the_file_changes(tmp_path):
-    path = tmp_path / "case.svs"
-    shutil.copyfile(CMU_SLIDE, path)
+def test_consecutive_batches_share_one_open_slide_until_the_file_changes(slide_copy):
+    path = slide_copy(CMU_SLIDE, "case.svs")
     with engine.kept_open(str(path)) as first:
         region = first.read_region((0, 0), 0, (64, 64))
     with engine.kept_open(str(path)) as second:
@@ -30,9 +28,8 @@ def test_consecutive_batches_share_one_open_slide_until_the_file_changes(tmp_pat
         assert third is not first and third.info.width == 2220
 
 
-def test_a_failed_read_forgets_the_slide_and_a_missing_file_says_so(tmp_path):
-    path = tmp_path / "case.svs"
-    shutil.copyfile(CMU_SLIDE, path)
+def test_a_failed_read_forgets_the_slide_and_a_missing_file_says_so(slide_copy, tmp_path):
+    path = slide_copy(CMU_SLIDE, "case.svs")
     with pytest.raises(RuntimeError):
         with engine.kept_open(str(path)) as reader:
             raise RuntimeError("the batch failed")

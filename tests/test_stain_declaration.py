@@ -1,26 +1,13 @@
 """Declaring the stain: on the experiment (page, API, admin) and per slide (page, API), scoped to
 the user's labs, with a clear 400 for a stain Histo-IA does not know."""
 
-import pytest
-from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from experiments.models import Experiment, Slide, Stain
+from experiments.models import Experiment, Stain
+from tests.conftest import csrf_checking_client, token_client
+from tests.factories import SlideFactory
 
 API = "/api/v1"
-
-
-def api_client(user):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def slide(experiment):
-    return Slide.objects.create(experiment=experiment, original_name="case-01.svs", status=Slide.Status.READY,
-                                sha256="ab" * 32)
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -83,8 +70,7 @@ def test_another_labs_experiment_cannot_be_edited(bob_client, experiment):
 def test_slide_list_shows_the_effective_stain_and_a_form_to_override_it(alice_client, experiment, slide):
     experiment.stain = Stain.HE
     experiment.save()
-    other = Slide.objects.create(experiment=experiment, original_name="case-02.svs", status=Slide.Status.READY,
-                                 stain=Stain.HDAB)
+    other = SlideFactory(experiment=experiment, original_name="case-02.svs", stain=Stain.HDAB)
     table = alice_client.get(f"/experiments/{experiment.pk}/slides/").content.decode()
     assert 'data-effective-stain="he">H&amp;E (hematoxylin and eosin) <span class="muted small">(experiment' in table
     assert 'data-effective-stain="hdab">IHC: hematoxylin and DAB' in table
@@ -114,8 +100,7 @@ def test_slide_override_on_the_page(alice_client, experiment, slide):
 
 def test_slide_override_is_404_for_another_lab_and_needs_csrf(bob_client, alice, slide):
     assert bob_client.post(f"/experiments/slides/{slide.pk}/stain/", {"stain": "he"}).status_code == 404
-    strict = Client(enforce_csrf_checks=True)
-    strict.force_login(alice)
+    strict = csrf_checking_client(alice)
     assert strict.post(f"/experiments/slides/{slide.pk}/stain/", {"stain": "he"}).status_code == 403
     slide.refresh_from_db()
     assert slide.stain == ""
@@ -123,7 +108,7 @@ def test_slide_override_is_404_for_another_lab_and_needs_csrf(bob_client, alice,
 
 # -- API ----------------------------------------------------------------------------------------------
 def test_api_experiment_stain_on_create_and_update(alice, lab_a):
-    client = api_client(alice)
+    client = token_client(alice)
     created = client.post(f"{API}/experiments/", {"name": "IHC", "stain": "hdab"}, format="json")
     assert created.status_code == 201, created.content
     assert created.json()["stain"] == "hdab"
@@ -144,7 +129,7 @@ def test_api_experiment_stain_on_create_and_update(alice, lab_a):
 
 
 def test_api_slide_stain_patch_and_effective_stain(alice, experiment, slide):
-    client = api_client(alice)
+    client = token_client(alice)
     url = f"{API}/slides/{slide.pk}/"
     body = client.get(url).json()
     assert body["stain"] == "" and body["effective_stain"] == ""
@@ -173,7 +158,7 @@ def test_api_slide_stain_patch_and_effective_stain(alice, experiment, slide):
 
 
 def test_api_slide_stain_of_another_lab_is_404(bob, slide):
-    client = api_client(bob)
+    client = token_client(bob)
     assert client.patch(f"{API}/slides/{slide.pk}/", {"stain": "he"}, format="json").status_code == 404
     slide.refresh_from_db()
     assert slide.stain == ""

@@ -1,7 +1,6 @@
 """Where a user sees what the stain was taken to be: the prediction page and the API."""
 
 from django.urls import reverse
-from rest_framework.test import APIClient
 
 from predictions.imaging.stain import StainEstimate
 from tests.nuclei_runs import finished_run
@@ -36,10 +35,8 @@ def test_declared_stain_is_shown_and_no_warning_without_a_mismatch(alice_client,
     assert "declared hematoxylin-DAB" in page and "data-stain-mismatch" not in page
 
 
-def test_api_gives_each_slides_declared_and_estimated_stain(alice, experiment):
+def test_api_gives_each_slides_declared_and_estimated_stain(alice_api, experiment):
     run = mismatched_run(experiment)
-    api = APIClient()
-    api.force_authenticate(alice)
-    (data,) = api.get(f"/api/v1/predictions/{run.prediction_id}/").json()["runs"]
+    (data,) = alice_api.get(f"/api/v1/predictions/{run.prediction_id}/").json()["runs"]
     assert data["declared_stain"] == "" and data["stain_estimate"]["second_stain"] == "eosin"
     assert data["stain_estimate"]["angles"]["dab_angle"] == 25.0
