@@ -25,7 +25,8 @@ from django_celery_results.models import TaskResult
 from predictions import engine, maintenance
 from predictions.models import BatchResult, Prediction, Status
 from predictions.pipelines import Plan
-from tests.conftest import CMU_SLIDE, real_stack_required
+from tests.conftest import (CMU_SLIDE, REPO, free_port, healthz_answers, http_login, real_stack_required,
+                            wait_for)
 
 pytestmark = [
     pytest.mark.worker,
@@ -172,19 +173,15 @@ def test_postgresql_restart(workers, pipelines, slides, reference, fault_counts)
 
 def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery_workers, fault_counts):
     """The web process holds no work: predictions submitted through it go on while it restarts."""
-    import requests
-
-    from tests.test_production_processes import free_port
-    from tests.conftest import PASSWORD, REPO, wait_for
-
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     env = dict(celery_workers.env, PATH=f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     command = ["gunicorn", "histoia.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"]
 
     def start():
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60, message="gunicorn up")
+        wait_for(lambda: healthz_answers(base), timeout=60, message="gunicorn up")
         return proc
 
     web = start()
@@ -193,22 +190,9 @@ def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery
         os.killpg(web.pid, signal.SIGKILL)  # the web process dies mid-flight
         web.wait(timeout=30)
         web = start()
-        http = requests.Session()
-        base = f"http://127.0.0.1:{port}"
-        http.get(f"{base}/accounts/login/")
-        http.post(f"{base}/accounts/login/", data={"username": slides[0].experiment.created_by.username,
-                  "password": PASSWORD, "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        http = http_login(base, slides[0].experiment.created_by.username)
         settle(predictions, workers)
         assert http.get(f"{base}/predictions/{predictions[0].pk}/").status_code == 200
     finally:
         os.killpg(web.pid, signal.SIGTERM)
     assert_clean(counts("web process killed and restarted", predictions, reference, fault_counts))
-
-
-def _answers(url):
-    import requests
-
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except (requests.ConnectionError, requests.Timeout):
-        return False

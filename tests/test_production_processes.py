@@ -7,16 +7,15 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
-import requests
 import yaml
 
 from predictions.models import BatchResult, Prediction
-from tests.conftest import ARTIFACTS, CMU_SLIDE, PASSWORD, REPO, wait_for
+from tests.conftest import (ARTIFACTS, CMU_SLIDE, REPO, free_port, healthz_answers, http_login, wait_final,
+                            wait_for)
 
 pytestmark = pytest.mark.worker
 
@@ -33,12 +32,6 @@ def gunicorn_args():
     env_line = next(line for line in (REPO / "docker" / "Dockerfile").read_text().splitlines()
                     if line.startswith("ENV GUNICORN_CMD_ARGS="))
     return env_line.split("=", 1)[1].strip('"')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def stack(celery_workers, transactional_db, pipelines):
             procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True)
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _up(base), timeout=60, message="gunicorn to answer /healthz")
+        wait_for(lambda: healthz_answers(base), timeout=60, message="gunicorn to answer /healthz")
         wait_for(lambda: all(b" ready." in (ARTIFACTS / f"prod-{n}.log").read_bytes()
                              for n in ("worker-cpu", "worker-gpu")), timeout=90, message="both workers ready")
         yield base, procs
@@ -81,19 +74,9 @@ def stack(celery_workers, transactional_db, pipelines):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _up(base):
-    try:
-        return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-    except (requests.ConnectionError, requests.Timeout):  # still booting
-        return False
-
-
 def test_one_prediction_through_gunicorn_both_workers_and_beat(stack, alice, experiment, pipelines, demo_model):
     base, procs = stack
-    http = requests.Session()
-    http.get(f"{base}/accounts/login/")
-    http.post(f"{base}/accounts/login/", data={"username": "alice", "password": PASSWORD,
-              "csrfmiddlewaretoken": http.cookies["csrftoken"]}, headers={"Referer": base})
+    http = http_login(base, "alice")
     assert "sessionid" in http.cookies
     static = http.get(f"{base}/static/css/" + next(p.name for p in (REPO / "staticfiles" / "css").glob("histoia.*.css")))
     assert static.status_code == 200  # whitenoise serves the hashed static files
@@ -110,9 +93,7 @@ def test_one_prediction_through_gunicorn_both_workers_and_beat(stack, alice, exp
         "csrfmiddlewaretoken": http.cookies["csrftoken"], "pipeline": pipeline.pk, "slides": [slide.pk],
         "priority": "normal", "param_min_tissue": "0.25", "submit": "1"})
     assert response.status_code == 200 and "queued on 1 slide" in response.text
-    prediction = Prediction.objects.get()
-    wait_for(lambda: Prediction.objects.get(pk=prediction.pk).is_final, timeout=180, message="prediction end")
-    prediction.refresh_from_db()
+    prediction = wait_final(Prediction.objects.get())
     assert prediction.status == "succeeded", prediction.error
     workers_used = set(BatchResult.objects.filter(run__prediction=prediction).values_list("worker", flat=True))
     assert workers_used and all(w.startswith("gpu@") for w in workers_used)  # the compose gpu worker
