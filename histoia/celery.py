@@ -1,7 +1,7 @@
 """The Celery app: two durable queues, `cpu` and `gpu`, and settings for long tasks.
 
-Every task is routed by name to one of the two queues; there is no default `celery` queue, so
-a task that nobody routed fails loudly at publish time instead of waiting forever unread.
+Every task is routed by the queue its name gives (`<app>.<queue>.<task>`, histoia/queues.py)
+to one of the two queues; there is no `celery` queue that no worker reads.
 """
 
 import os
@@ -31,11 +31,8 @@ app.conf.update(
     task_default_exchange="histoia",
     task_default_routing_key="cpu",
     task_create_missing_queues=False,
-    task_routes={
-        "experiments.*": {"queue": "cpu"},
-        "predictions.cpu.*": {"queue": "cpu"},
-        "predictions.gpu.*": {"queue": "gpu"},
-    },
+    # Task names are <app>.<queue>.<task> (histoia/queues.py): the queue part routes them.
+    task_routes={f"*.{name}.*": {"queue": name} for name in QUEUE_NAMES},
     task_default_priority=PRIORITY_NORMAL,
     # Long tasks: acknowledge only once done, so a killed worker's task is delivered again;
     # take one message at a time, so a busy worker does not sit on work another could do.

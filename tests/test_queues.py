@@ -17,7 +17,7 @@ def _finished(task_id):
 def test_every_task_is_routed_to_the_cpu_or_gpu_queue():
     app.loader.import_default_modules()
     names = [n for n in app.tasks if not n.startswith("celery.")]
-    assert "experiments.validate_slide" in names and "predictions.gpu.describe_device" in names
+    assert "experiments.cpu.validate_slide" in names and "predictions.gpu.describe_device" in names
     router = app.amqp.router
     for name in names:
         route = router.route({}, name)
