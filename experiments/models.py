@@ -77,6 +77,14 @@ def thumbnail_path(slide, filename):
     return f"thumbnails/lab-{slide.experiment.lab_id}/slide-{slide.pk}.png"
 
 
+class SlideStatus(models.TextChoices):
+    """Where a slide is: pending until a worker has checked its file, then ready or invalid."""
+
+    PENDING = "pending", "Pending"
+    READY = "ready", "Ready"
+    INVALID = "invalid", "Invalid"
+
+
 class SlideQuerySet(models.QuerySet):
     def for_user(self, user):
         if not user.is_authenticated:
@@ -85,10 +93,7 @@ class SlideQuerySet(models.QuerySet):
 
 
 class Slide(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        READY = "ready", "Ready"
-        INVALID = "invalid", "Invalid"
+    Status = SlideStatus  # status enums are module-level TextChoices, reached from their model too
 
     class Source(models.TextChoices):
         UPLOAD = "upload", "Upload"

@@ -185,7 +185,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "StatusEnum": "predictions.models.Status",
-        "SlideStatusEnum": "experiments.models.Slide.Status",
+        "SlideStatusEnum": "experiments.models.SlideStatus",
     },
 }
 

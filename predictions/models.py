@@ -147,6 +147,8 @@ class RegisteredModel(models.Model):
 
 
 class Status(models.TextChoices):
+    """Where a prediction, or one slide of it (SlideRun), is: queued, running, then one of FINAL_STATES."""
+
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
@@ -166,6 +168,8 @@ class PredictionQuerySet(models.QuerySet):
 
 
 class Prediction(models.Model):
+    Status = Status  # status enums are module-level TextChoices, reached from their model too
+
     class Priority(models.TextChoices):
         NORMAL = "normal", "Normal"
         URGENT = "urgent", "Urgent"
@@ -267,6 +271,7 @@ def result_path(run, filename):
 class SlideRun(models.Model):
     """One slide of a prediction: its plan, progress, figures and result files."""
 
+    Status = Status  # the same states as its prediction
     prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="runs")
     slide = models.ForeignKey(Slide, on_delete=models.PROTECT, related_name="runs")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
