@@ -21,6 +21,13 @@ $(VENV)/.installed-code: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# The example lab pipeline package, installed in place after Histo-IA, for the tests only (its own
+# tests under examples/ and tests/test_example_pipeline.py): `make run` alone keeps the built-in
+# pipelines; a lab installs its own packages the same way (docs/pipelines.md).
+$(VENV)/.installed-examples: examples/hematoxylin-area/pyproject.toml $(VENV)/.installed-code
+	$(BIN)/pip install --quiet --no-deps -e examples/hematoxylin-area
+	touch $@
+
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
@@ -40,7 +47,7 @@ $(OSD_JS): package-lock.json
 	else echo "npm not found: the slide viewer stays off (install Node.js/npm, then run 'make static-vendor')."; fi
 
 install: $(VENV)/.installed $(VENV)/.installed-code $(OSD_JS)
-install-test: $(VENV)/.installed-test $(VENV)/.installed-code $(OSD_JS)
+install-test: $(VENV)/.installed-test $(VENV)/.installed-code $(VENV)/.installed-examples $(OSD_JS)
 
 migrate: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
