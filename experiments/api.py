@@ -5,8 +5,6 @@ this user (404 on every verb), exactly as in the pages.
 """
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, Q
 from django.http import FileResponse, Http404
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
@@ -20,10 +18,9 @@ from rest_framework.response import Response
 from histoia.api import PNGRenderer
 from histoia.api_filters import IdFilter
 
-from . import uploads
+from . import services, uploads
 from .models import Experiment, Lab, Slide
 from .serializers import ExperimentSerializer, SlideImportSerializer, SlideSerializer, SlideUploadSerializer
-from .services import add_import, add_upload
 
 NOT_FOUND = OpenApiResponse(description="Not found, or not in one of your labs.")
 FIELD_ERRORS = OpenApiResponse(description="Field errors: `{\"field\": [\"message\", ...]}`.")
@@ -70,13 +67,8 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self):
-        return (
-            Experiment.objects.for_user(self.request.user)
-            .select_related("lab", "created_by")
-            .annotate(slide_count=Count("slides", distinct=True),
-                      ready_slide_count=Count("slides", filter=Q(slides__status=Slide.Status.READY), distinct=True))
-            .order_by("-created_at", "-pk")
-        )
+        return (services.experiments_with_counts(self.request.user).select_related("lab", "created_by")
+                .order_by("-created_at", "-pk"))
 
     def filter_queryset(self, queryset):
         # Filters apply to the listing only, never to finding one object.
@@ -121,8 +113,7 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         if not files:
             return Response({"files": ["Choose at least one slide file to upload (multipart field “files”)."]},
                             status=status.HTTP_400_BAD_REQUEST)
-        with transaction.atomic():
-            slides = [add_upload(experiment, f, request.user) for f in files]
+        slides = services.upload_slides(experiment, files, request.user)
         return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
                         status=status.HTTP_201_CREATED)
 
@@ -141,14 +132,9 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         serializer = SlideImportSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            resolved = [uploads.resolve_import_path(p) for p in serializer.validated_data["paths"]]
+            slides = services.import_slides(experiment, serializer.validated_data["paths"], request.user)
         except uploads.ImportPathError as exc:
             return Response({"paths": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-        except (OSError, ValueError):  # a name the file system cannot hold (too long, undecodable)
-            return Response({"paths": ["That file does not exist in the import folder."]},
-                            status=status.HTTP_400_BAD_REQUEST)
-        with transaction.atomic():
-            slides = [add_import(experiment, real, request.user) for real in resolved]
         return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
                         status=status.HTTP_201_CREATED)
 

@@ -55,13 +55,3 @@ class SlideStainForm(forms.ModelForm):
         self.fields["stain"].help_text = ""  # the table says where an empty choice leads
         self.fields["stain"].widget.attrs["aria-label"] = f"Stain of {self.instance.original_name}"
 
-
-class MultipleFileInput(forms.ClearableFileInput):
-    allow_multiple_selected = True
-
-
-class SlideUploadForm(forms.Form):
-    files = forms.FileField(widget=MultipleFileInput(attrs={"multiple": True}), label="Slide files")
-
-    def clean_files(self):
-        return self.files.getlist("files")

@@ -3,29 +3,19 @@ objects do not exist for this user (404), they are not merely forbidden."""
 
 from django.conf import settings
 from django.contrib import messages
-from django.db import transaction
-from django.db.models import Count, Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from . import uploads
+from . import services, uploads
 from .forms import ExperimentForm, SlideStainForm
 from .models import Experiment, Lab, Slide, Stain
-from .services import add_import, add_upload
 
 
 @require_GET
 def experiment_list(request):
-    experiments = (
-        Experiment.objects.for_user(request.user)
-        .select_related("lab", "created_by")
-        .annotate(
-            slide_count=Count("slides", distinct=True),
-            ready_count=Count("slides", filter=Q(slides__status=Slide.Status.READY), distinct=True),
-        )
-    )
+    experiments = services.experiments_with_counts(request.user).select_related("lab", "created_by")
     return render(request, "experiments/list.html", {
         "experiments": experiments,
         "has_lab": Lab.objects.filter(members=request.user).exists(),
@@ -105,8 +95,7 @@ def slide_upload(request, pk):
     if not files:
         messages.error(request, "Choose at least one slide file to upload.")
         return redirect(experiment)
-    with transaction.atomic():
-        slides = [add_upload(experiment, f, request.user) for f in files]
+    slides = services.upload_slides(experiment, files, request.user)
     names = ", ".join(s.original_name for s in slides)
     messages.success(request, f"Uploaded {names}. Each slide is now being checked; this page updates by itself.")
     return redirect(experiment)
@@ -116,18 +105,15 @@ def slide_import(request, pk):
     experiment = _experiment(request, pk)
     if request.method == "POST":
         paths = request.POST.getlist("paths")
+        if not paths:
+            messages.error(request, "Tick at least one file to import.")
+            return redirect("experiments:import", pk=experiment.pk)
         try:
-            resolved = [uploads.resolve_import_path(p) for p in paths]
+            slides = services.import_slides(experiment, paths, request.user)
         except uploads.ImportPathError as exc:
             messages.error(request, str(exc))
             return redirect("experiments:import", pk=experiment.pk)
-        if not resolved:
-            messages.error(request, "Tick at least one file to import.")
-            return redirect("experiments:import", pk=experiment.pk)
-        with transaction.atomic():
-            for real in resolved:
-                add_import(experiment, real, request.user)
-        messages.success(request, f"Importing {len(resolved)} slide(s); each is copied in and checked in the background.")
+        messages.success(request, f"Importing {len(slides)} slide(s); each is copied in and checked in the background.")
         return redirect(experiment)
     folder = request.GET.get("folder", "")
     try:
