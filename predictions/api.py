@@ -23,10 +23,8 @@ from rest_framework.views import APIView
 from histoia.api import Conflict, CSVRenderer
 from histoia.api_filters import IdFilter
 
-from . import engine, monitoring, queueing
+from . import monitoring, queueing, services
 from .models import Pipeline, Prediction, RegisteredModel, SlideRun, Status
-from .results import metric_names, runs_of
-from .results import figures_csv as build_figures_csv
 from .serializers import (PipelineSerializer, PredictionCreateSerializer, PredictionDetailSerializer,
                           PredictionSerializer, QueueSerializer, RegisteredModelSerializer, ResultsSerializer,
                           WorkersSerializer)
@@ -168,9 +166,10 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
-            prediction = engine.submit(data["experiment"], data["pipeline"], data["slides"], data["params"],
-                                       user=request.user, trigger=Prediction.Trigger.API, priority=data["priority"])
-        except engine.SubmitError as exc:
+            prediction = services.submit_prediction(data["experiment"], data["pipeline"], data["slides"],
+                                                    data["params"], user=request.user,
+                                                    trigger=Prediction.Trigger.API, priority=data["priority"])
+        except services.SubmitError as exc:
             return Response({exc.field or "non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return self._accepted(prediction)
 
@@ -182,8 +181,8 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     def cancel(self, request, pk=None):
         prediction = self.get_object()
         try:
-            engine.cancel(prediction, request.user)
-        except engine.CancelError as exc:
+            services.cancel_prediction(prediction, request.user)
+        except services.CancelError as exc:
             raise Conflict(str(exc)) from exc
         prediction = self.get_queryset().prefetch_related(RUNS_WITHOUT_PLAN).get(pk=prediction.pk)
         return Response(PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data)
@@ -192,14 +191,10 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                    request=None, responses={202: PredictionDetailSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND})
     @action(detail=True, methods=["post"])
     def rerun(self, request, pk=None):
-        old = self.get_object()
-        slides = [run.slide for run in old.runs.select_related("slide")]
         try:
-            new = engine.submit(old.experiment, old.pipeline, slides, old.params, user=request.user,
-                                trigger=Prediction.Trigger.RERUN, priority=old.priority, rerun_of=old)
-        except engine.SubmitError as exc:
-            return Response({exc.field or "non_field_errors": [f"Could not re-run: {exc}"]},
-                            status=status.HTTP_400_BAD_REQUEST)
+            new = services.rerun_prediction(self.get_object(), request.user)
+        except services.SubmitError as exc:
+            return Response({exc.field or "non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return self._accepted(new)
 
     @extend_schema(summary="Figures per slide, as JSON", tags=["results"],
@@ -210,11 +205,11 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     @action(detail=True, methods=["get"])
     def results(self, request, pk=None):
         prediction = self.get_object()
-        runs = runs_of(prediction)
+        table = services.figures_table(prediction)
         return Response({
             "prediction": prediction.pk,
             "status": prediction.status,
-            "metric_names": metric_names(runs),
+            "metric_names": table.names,
             "slides": [{
                 "run": run.pk, "slide": run.slide_id, "slide_name": run.slide.original_name,
                 "slide_sha256": run.slide_sha256, "status": run.status, "error": run.error,
@@ -222,7 +217,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                 "tile_table_url": request.build_absolute_uri(
                     reverse("api:prediction-tiles-csv", kwargs={"pk": prediction.pk, "run_id": run.pk}))
                 if run.tile_table else None,
-            } for run in runs],
+            } for run in table.runs],
             "provenance": prediction.provenance(),
         })
 
@@ -232,7 +227,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                    responses={(200, "text/csv"): OpenApiTypes.STR, 404: NOT_FOUND})
     def results_csv(self, request, pk=None):
         prediction = self.get_object()
-        response = HttpResponse(build_figures_csv(prediction), content_type="text/csv; charset=utf-8")
+        response = HttpResponse(services.figures_csv(prediction), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="prediction-{prediction.pk}-figures.csv"'
         return response
 
@@ -243,11 +238,13 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                    responses={(200, "text/csv"): OpenApiTypes.STR, 404: NOT_FOUND})
     def tiles_csv(self, request, pk=None, run_id=None):
         prediction = self.get_object()
-        run = get_object_or_404(SlideRun.objects.select_related("slide"), prediction=prediction, pk=run_id)
-        if not run.tile_table:
+        run = get_object_or_404(SlideRun.objects.select_related("slide").defer("plan"), prediction=prediction,
+                                pk=run_id)
+        table = services.tile_table(run)
+        if table is None:
             raise Http404("This slide has no tile table (yet).")
-        return FileResponse(run.tile_table.open("rb"), content_type="text/csv", as_attachment=True,
-                            filename=f"prediction-{prediction.pk}-{run.slide.original_name}-tiles.csv")
+        opened, filename = table
+        return FileResponse(opened, content_type="text/csv", as_attachment=True, filename=filename)
 
 
 class QueueView(APIView):

@@ -14,7 +14,7 @@ from django.db.models import OuterRef, Q, Subquery
 
 from experiments.models import Experiment, Lab, Slide
 
-from . import engine
+from . import engine, services
 from .models import Pipeline, Prediction, RegisteredModel, Status
 from .versions import version_key
 
@@ -168,8 +168,9 @@ def _submit(summary, experiment, pipeline, slides, params, priority, schedule_na
         _skip(summary, experiment.pk, "no ready slides")
         return
     try:
-        prediction = engine.submit(experiment, pipeline, slides, params, trigger=Prediction.Trigger.SCHEDULE,
-                                   priority=priority, schedule_name=schedule_name[:200])
+        prediction = services.submit_prediction(experiment, pipeline, slides, params,
+                                                trigger=Prediction.Trigger.SCHEDULE, priority=priority,
+                                                schedule_name=schedule_name[:200])
     except engine.SubmitError as exc:
         _skip(summary, experiment.pk, str(exc))
         return

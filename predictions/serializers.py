@@ -242,10 +242,7 @@ class PredictionCreateSerializer(serializers.Serializer):
             if not_ready:
                 raise serializers.ValidationError({"slides": [f"These slides are not ready: {', '.join(not_ready)}."]})
         else:
-            slides = list(experiment.slides.filter(status=Slide.Status.READY))
-            if not slides:
-                raise serializers.ValidationError({"slides": [
-                    "This experiment has no ready slides yet: upload slides and wait until they are ready."]})
+            slides = None  # every ready slide of the experiment: services.submit_prediction picks them
         data["pipeline"], data["slides"] = pipeline, slides
         return data
 

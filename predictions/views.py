@@ -1,8 +1,6 @@
 """Pages for running pipelines and reading their results. Every lookup is scoped to the user's
 labs through .for_user(): another lab's predictions and files are 404."""
 
-import csv
-import io
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from experiments.models import Experiment
 
-from . import engine, figures, queueing
+from . import engine, figures, queueing, services
 from .filters import PredictionFilter
 from .forms import PredictionForm
 from .models import Pipeline, Prediction, SlideRun, Status
@@ -137,9 +135,10 @@ def prediction_new(request, experiment_pk):
                           experiment=experiment, pipeline=pipeline)
     if form.is_bound and form.is_valid():
         try:
-            prediction = engine.submit(experiment, pipeline, form.cleaned_data["slides"], form.cleaned_data["params"],
-                                       user=request.user, priority=form.cleaned_data["priority"])
-        except engine.SubmitError as exc:
+            prediction = services.submit_prediction(experiment, pipeline, form.cleaned_data["slides"],
+                                                    form.cleaned_data["params"], user=request.user,
+                                                    priority=form.cleaned_data["priority"])
+        except services.SubmitError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"{pipeline.title} queued on {prediction.runs.count()} slide(s).")
@@ -166,16 +165,10 @@ def prediction_progress(request, pk):
 
 
 def _detail_context(prediction, with_plots=False):
-    # Not the plan: it lists every tile of the slide, and this page is polled while it runs.
-    runs = list(prediction.runs.select_related("slide").defer("plan").order_by("slide__original_name", "pk"))
-    metric_names = []
+    table = services.figures_table(prediction)
+    runs, metric_names = table.runs, table.names
     for run in runs:
-        for key in (run.metrics or {}):
-            if key not in metric_names:
-                metric_names.append(key)
-    for run in runs:
-        run.metric_values = [(run.metrics or {}).get(k) for k in metric_names]
-        run.metric_display = [figures.display(v) for v in run.metric_values]
+        run.metric_display = [figures.display(v) for v in run.values]
         if with_plots and run.status == Status.SUCCEEDED:
             run.plot = _tile_plot(prediction.pipeline, run)
     return {"prediction": prediction, "runs": runs, "metric_names": metric_names,
@@ -194,8 +187,8 @@ def _tile_plot(pipeline, run):
 def prediction_cancel(request, pk):
     prediction = _prediction(request, pk)
     try:
-        engine.cancel(prediction, request.user)
-    except engine.CancelError as exc:
+        services.cancel_prediction(prediction, request.user)
+    except services.CancelError as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, "Prediction cancelled. Batches already running stop at their end.")
@@ -205,12 +198,10 @@ def prediction_cancel(request, pk):
 @require_POST
 def prediction_rerun(request, pk):
     old = _prediction(request, pk)
-    slides = [run.slide for run in old.runs.select_related("slide")]
     try:
-        new = engine.submit(old.experiment, old.pipeline, slides, old.params, user=request.user,
-                            trigger=Prediction.Trigger.RERUN, priority=old.priority, rerun_of=old)
-    except engine.SubmitError as exc:
-        messages.error(request, f"Could not re-run: {exc}")
+        new = services.rerun_prediction(old, request.user)
+    except services.SubmitError as exc:
+        messages.error(request, str(exc))
         return redirect(old)
     messages.success(request, f"Re-run queued as prediction #{new.pk}.")
     return redirect(new)
@@ -219,14 +210,7 @@ def prediction_rerun(request, pk):
 @require_GET
 def prediction_figures_csv(request, pk):
     """Per-slide figures, one row per slide, columns the stable metric names."""
-    context = _detail_context(_prediction(request, pk))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["slide", "slide_sha256", "status", "error", *context["metric_names"]])
-    for run in context["runs"]:
-        writer.writerow([run.slide.original_name, run.slide_sha256, run.status, run.error,
-                         *["" if v is None else v for v in run.metric_values]])
-    response = HttpResponse(out.getvalue(), content_type="text/csv")
+    response = HttpResponse(services.figures_csv(_prediction(request, pk)), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="prediction-{pk}-figures.csv"'
     return response
 
@@ -240,10 +224,10 @@ def _run(request, pk):
 def run_file(request, pk, name):
     """A result file of one slide run: an image by name, the tissue mask or the tile table."""
     run = _run(request, pk)
-    if name == "tiles.csv" and run.tile_table:
-        response = FileResponse(run.tile_table.open("rb"), content_type="text/csv", as_attachment=True,
-                                filename=f"prediction-{run.prediction_id}-{run.slide.original_name}-tiles.csv")
-        return response
+    table = services.tile_table(run) if name == "tiles.csv" else None
+    if table:
+        opened, filename = table
+        return FileResponse(opened, content_type="text/csv", as_attachment=True, filename=filename)
     image = (run.images or {}).get(name.removesuffix(".png"))
     if image and name.endswith(".png"):
         return FileResponse(run.tile_table.storage.open(image["path"], "rb"), content_type="image/png")

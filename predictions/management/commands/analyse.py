@@ -8,14 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
+from experiments import services as slide_services
 from experiments.models import Experiment, Lab, Slide, Stain
-from experiments.slide_files import sha256_of
-from experiments.uploads import clean_file_name, display_name
-from predictions import engine
+from predictions import services
 from predictions.models import Pipeline, Prediction, Status
 
 
@@ -55,7 +52,8 @@ class Command(BaseCommand):
 
         lab, _ = Lab.objects.get_or_create(name=opts["lab"])
         experiment, _ = Experiment.objects.get_or_create(lab=lab, name=opts["experiment"])
-        slides = [self._slide(experiment, path) for path in paths]
+        # The same file twice (in this run or an earlier one) is one slide.
+        slides = [slide_services.add_file(experiment, path) for path in paths]
         self._wait_for_validation(slides, opts["timeout"])
         ready = [s for s in slides if s.status == Slide.Status.READY]
         if opts["stain"]:
@@ -66,10 +64,10 @@ class Command(BaseCommand):
             self._report(None, slides, opts)
             sys.exit(1)
         try:
-            prediction = engine.submit(
+            prediction = services.submit_prediction(
                 experiment, pipeline, ready, params, trigger=Prediction.Trigger.COMMAND,
                 priority=Prediction.Priority.URGENT if opts["urgent"] else Prediction.Priority.NORMAL)
-        except engine.SubmitError as exc:
+        except services.SubmitError as exc:
             raise CommandError(str(exc)) from exc
         if not opts["wait"]:
             self._report(prediction, slides, opts)
@@ -78,21 +76,6 @@ class Command(BaseCommand):
         self._report(prediction, slides, opts)
         if prediction.status != Status.SUCCEEDED or len(ready) < len(slides):
             sys.exit(1)
-
-    def _slide(self, experiment, path: Path) -> Slide:
-        """The experiment's slide with this content, or a new one (same file twice = one slide)."""
-        digest = sha256_of(path)
-        existing = experiment.slides.filter(sha256=digest).exclude(status=Slide.Status.INVALID).first()
-        if existing:
-            return existing
-        from experiments.tasks import validate_slide
-
-        with open(path, "rb") as fh, transaction.atomic():
-            slide = Slide(experiment=experiment, original_name=display_name(path.name), sha256=digest)
-            slide.file.save(clean_file_name(path.name), File(fh), save=False)
-            slide.save()
-            transaction.on_commit(lambda: validate_slide.delay(slide.pk))
-        return slide
 
     def _wait_for_validation(self, slides, timeout):
         deadline = time.monotonic() + timeout
