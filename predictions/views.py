@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from experiments.models import Experiment
 
-from . import engine, figures, queueing, services
+from . import engine, figures, queueing, services, task_records
 from .filters import PredictionFilter
 from .forms import PredictionForm
 from .models import Pipeline, Prediction, SlideRun, Status
@@ -154,7 +154,12 @@ def prediction_new(request, experiment_pk):
 @require_GET
 def prediction_detail(request, pk):
     prediction = _prediction(request, pk)
-    return render(request, "predictions/detail.html", _detail_context(prediction, with_plots=True))
+    context = _detail_context(prediction, with_plots=True)
+    if request.user.is_staff:
+        # For admins diagnosing a failure: the prediction's Celery tasks, tracebacks included.
+        # Lab members see the reasons in words on each slide instead.
+        context["tasks"] = task_records.prediction_tasks(prediction)
+    return render(request, "predictions/detail.html", context)
 
 
 @require_GET
