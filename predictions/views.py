@@ -178,7 +178,21 @@ def _detail_context(prediction, with_plots=False):
             run.plot = _tile_plot(prediction.pipeline, run)
     return {"prediction": prediction, "runs": runs, "metric_names": metric_names,
             "metric_labels": [(n, figures.label(n)) for n in metric_names],
-            "provenance": prediction.provenance(), "eta": queueing.eta_seconds(prediction)}
+            "provenance": prediction.provenance(), "eta": _eta(prediction)}
+
+
+def _eta(prediction):
+    """Where a queued or running prediction stands, as the page says it: {"seconds" left,
+    "position" (0 once running), "queue", "estimated" (no measured history yet)}; None once ended."""
+    if prediction.is_final:
+        return None
+    if prediction.status == Status.RUNNING:  # its own work only: no need to plan the whole queue
+        rate = queueing.throughput(prediction.pipeline)
+        return {"seconds": round(queueing.remaining_seconds(prediction, rate)), "position": 0,
+                "queue": rate.queue, "estimated": rate.no_history}
+    entry = queueing.entry(prediction.pk)
+    return entry and {"seconds": entry["eta_seconds"], "position": entry["position"], "queue": entry["queue"],
+                      "estimated": entry["estimated_without_history"]}
 
 
 def _tile_plot(pipeline, run):

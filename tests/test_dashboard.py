@@ -132,3 +132,20 @@ def test_polled_pages_do_not_read_the_tile_plans(page, alice_client, pipelines, 
     assert response.status_code == 200 and "10/40" in response.content.decode()
     run_queries = [q["sql"] for q in ctx.captured_queries if 'FROM "predictions_sliderun"' in q["sql"]]
     assert run_queries and not any('"predictions_sliderun"."plan"' in sql for sql in run_queries)
+
+
+def test_the_prediction_page_says_where_it_stands_and_the_time_left(
+        alice_client, pipelines, ready_slides, no_broker_calls, django_capture_on_commit_callbacks):
+    first = queue(pipelines, ready_slides, "normal", django_capture_on_commit_callbacks)
+    second = queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+
+    def eta_line(prediction):
+        page = alice_client.get(reverse("predictions:progress", args=[prediction.pk])).content.decode()
+        return " ".join(re.search(r"<div [^>]*data-eta>(.*?)</div>", page, re.S).group(1).split())
+
+    assert re.match(r"position 2 in the cpu queue · about [\d,]+ s left \(estimate, no history yet\)",
+                    eta_line(second))
+    Prediction.objects.filter(pk=first.pk).update(status=Status.RUNNING, started_at=timezone.now())
+    first.runs.update(status=Status.RUNNING, total_units=40, done_units=10)
+    assert re.match(r"about [\d,]+ s left", eta_line(first))
+    assert re.match(r"position 1 in the cpu queue · about [\d,]+ s left", eta_line(second))
