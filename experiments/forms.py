@@ -14,7 +14,7 @@ class ExperimentForm(forms.ModelForm):
             "notes": forms.Textarea(attrs={"rows": 3}),
         }
         help_texts = {
-            "stain": "What the slides are stained with. Pipelines use it: ihc-dab refuses slides declared H&E. "
+            "stain": "What the slides are stained with. Pipelines use it: a DAB pipeline refuses slides declared H&E. "
                      "Not declared: estimated from each slide. A slide can say otherwise on the experiment page.",
         }
 

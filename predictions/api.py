@@ -35,12 +35,12 @@ CONFLICT = OpenApiResponse(description="The prediction has already ended: `{\"de
 
 SUBMIT_EXAMPLE = OpenApiExample(
     "IHC DAB on two slides", request_only=True,
-    value={"experiment": 3, "pipeline": "ihc-dab", "slides": [11, 12], "params": {"tile_size": 256},
+    value={"experiment": 3, "pipeline": "hematoxylin-area", "slides": [11, 12], "params": {"tile_size": 256},
            "priority": "normal"})
 ACCEPTED_EXAMPLE = OpenApiExample(
     "Accepted", response_only=True, status_codes=["202"],
     value={"id": 42, "status": "queued", "status_url": "https://histoia.example/api/v1/predictions/42/",
-           "pipeline": "ihc-dab", "pipeline_version": "1.0", "progress": 0.0, "queue_position": 1,
+           "pipeline": "hematoxylin-area", "pipeline_version": "1.0", "progress": 0.0, "queue_position": 1,
            "eta_seconds": 95, "trigger": "api"})
 BAD_PARAM_EXAMPLE = OpenApiExample(
     "Bad parameter", response_only=True, status_codes=["400"],
@@ -60,7 +60,7 @@ class PredictionAPIFilter(filters.FilterSet):
     """
 
     experiment = IdFilter(field_name="experiment_id")
-    pipeline = filters.CharFilter(field_name="pipeline__name", help_text="Pipeline name, e.g. ihc-dab.")
+    pipeline = filters.CharFilter(field_name="pipeline__name", help_text="Pipeline name, as listed at /api/v1/pipelines/.")
     status = filters.MultipleChoiceFilter(choices=Status.choices, help_text="Repeat for several statuses.")
     user = IdFilter(field_name="triggered_by_id")
     date_from = filters.DateFilter(field_name="created_at", lookup_expr="date__gte",

@@ -78,11 +78,13 @@ class PipelineSerializer(serializers.ModelSerializer):
     current = serializers.SerializerMethodField(help_text="Whether new work of this name uses this version.")
     model = serializers.SerializerMethodField(
         help_text="The registered model new predictions use (model pipelines), with its model card.")
+    figures = serializers.SerializerMethodField(
+        help_text="The figures it reports: name (a prefix when `prefix`), label, unit, description.")
 
     class Meta:
         model = Pipeline
         fields = ["id", "url", "name", "version", "title", "description", "enabled", "current", "batch_queue",
-                  "steps", "model_name", "model", "params", "params_schema"]
+                  "steps", "model_name", "model", "params", "params_schema", "figures"]
         read_only_fields = fields
 
     @extend_schema_field(OpenApiTypes.OBJECT)
@@ -93,6 +95,10 @@ class PipelineSerializer(serializers.ModelSerializer):
     def get_current(self, obj):
         current = Pipeline.objects.current(obj.name)
         return current is not None and current.pk == obj.pk
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_figures(self, obj):
+        return [figure.as_dict() for figure in obj.code.figures] if obj.installed else []
 
     @extend_schema_field(ModelCardSerializer(allow_null=True))
     def get_model(self, obj):
@@ -195,7 +201,7 @@ class PredictionCreateSerializer(serializers.Serializer):
     experiment = serializers.PrimaryKeyRelatedField(
         queryset=Experiment.objects.none(), help_text="Id of an experiment of one of your labs.",
         error_messages={"does_not_exist": "No experiment {pk_value} in your labs."})
-    pipeline = serializers.CharField(max_length=100, help_text="Pipeline name, e.g. ihc-dab (see /api/v1/pipelines/).")
+    pipeline = serializers.CharField(max_length=100, help_text="Pipeline name, as listed at /api/v1/pipelines/.")
     pipeline_version = serializers.CharField(max_length=20, required=False,
                                              help_text="A version of the pipeline; the current one when left out.")
     slides = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False,

@@ -17,7 +17,7 @@ from . import engine, figures, queueing, services, task_records
 from .filters import PredictionFilter
 from .forms import PredictionForm
 from .models import Pipeline, Prediction, SlideRun, Status
-from .pipelines import Plan
+from .pipelines import Plan, unavailable
 
 
 def _prediction(request, pk):
@@ -147,7 +147,9 @@ def prediction_new(request, experiment_pk):
     model = engine.current_model(pipeline.model_name) if pipeline.model_name else None
     return render(request, "predictions/new.html", {
         "experiment": experiment, "pipelines": pipelines, "pipeline": pipeline, "form": form,
-        "model_card": model.card() if model else None,
+        "model_card": model.card() if model else None, "figures": pipeline.code.figures,
+        # Registered pipeline packages that fail to load: said here, so nobody hunts for them.
+        "unavailable": unavailable(),
     })
 
 

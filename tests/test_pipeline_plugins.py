@@ -89,3 +89,43 @@ def test_a_package_that_goes_missing_leaves_its_rows_for_history(lab_packages, a
     assert Pipeline.objects.filter(name__in=BUILT_INS, installed=True).count() == len(BUILT_INS)
     page = admin_client.get(reverse("admin:predictions_pipeline_changelist")).content.decode()
     assert "no: its code is no longer installed" in page
+
+
+@pytest.mark.django_db
+def test_the_new_prediction_page_says_which_pipelines_are_unavailable(lab_packages, alice_client, experiment):
+    sync_pipelines()
+    page = alice_client.get(reverse("predictions:new", args=[experiment.pk])).content.decode()
+    assert "Pipeline <strong>lab-broken</strong> (package lab-broken) is unavailable" in page
+    # The lab's working package is offered beside the built-ins, with what it reports.
+    assert "Lab area (lab-area 1.10)" in page
+
+
+@pytest.mark.django_db
+def test_the_api_lists_each_pipelines_figures_with_units(alice_api, pipeline_rows):
+    listed = {p["name"]: p for p in alice_api.get("/api/v1/pipelines/").json()["results"]}
+    figures = {f["name"]: f for f in listed["ihc-dab"]["figures"]}
+    assert figures["h_score"]["label"] == "H-score (0–300)"
+    assert figures["tissue_area_mm2"]["unit"] == "mm²"
+    assert {"name": "class_fraction_", "label": "<class> fraction", "prefix": True}.items() <= \
+        listed["tissue-classifier"]["figures"][-1].items()
+
+
+def test_no_built_in_pipeline_is_known_by_name_outside_its_own_package():
+    """The platform asks a pipeline what it is; it never tests which one it is (tests, docs,
+    migrations and the pipelines' own package excepted)."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    quoted = re.compile(r"""["'](%s)["']""" % "|".join(re.escape(n) for n in sorted(BUILT_INS)))
+    found = []
+    for folder in ("histoia", "experiments", "predictions", "templates"):
+        for path in (repo / folder).rglob("*"):
+            relative = path.relative_to(repo).as_posix()
+            if path.suffix not in (".py", ".html", ".js") or "/migrations/" in relative \
+                    or relative.startswith("predictions/pipelines/"):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if quoted.search(line):
+                    found.append(f"{relative}:{number}: {line.strip()}")
+    assert found == []

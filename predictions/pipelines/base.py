@@ -137,6 +137,15 @@ class Figure:
     def matches(self, name: str) -> bool:
         return name.startswith(self.name) if self.prefix else name == self.name
 
+    @property
+    def shown_label(self) -> str:
+        """The label as a list of figures shows it ("<class> fraction" for a prefix)."""
+        return self.label.format("<class>") if self.prefix else self.label
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "label": self.shown_label, "unit": self.unit,
+                "description": self.description, "prefix": self.prefix}
+
     def label_for(self, name: str) -> str:
         if self.prefix:
             return self.label.format(name.removeprefix(self.name).replace("_", " ")).capitalize()

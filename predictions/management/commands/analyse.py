@@ -1,6 +1,6 @@
 """Analyse slide files from a shell, through the same queues and workers as the web app.
 
-    python manage.py analyse --pipeline tissue-area --wait slide1.svs slide2.svs
+    python manage.py analyse --pipeline <name> --wait slide1.svs slide2.svs
 """
 
 import json
@@ -21,7 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("files", nargs="+", metavar="FILE")
-        parser.add_argument("--pipeline", required=True, help="Pipeline name, e.g. tissue-area.")
+        parser.add_argument("--pipeline", required=True, help="Pipeline name, as the new-prediction page or /api/v1/pipelines/ lists it.")
         parser.add_argument("--lab", default="Command line", help="Lab name (created if needed).")
         parser.add_argument("--experiment", default="Command line", help="Experiment name (created if needed).")
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

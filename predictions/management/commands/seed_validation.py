@@ -5,7 +5,7 @@ real figures, overlays and the viewer. The experiment holds the fast subset of t
 validation set (predictions/imaging/synthetic.py: slides with known content, their ground
 truth in the experiment's notes; docs/validation.md) and the shared real slide
 (../shared/data/slides/cmu-1-small-region.svs) where present. Its stain is left undeclared, so
-every slide runs every pipeline and ihc-dab flags the H&E slides with stain_mismatch.
+every slide runs every pipeline and the DAB pipeline flags the H&E slides with stain_mismatch.
 
 Everything is computed here, in this process, and nothing is sent to the broker: this makes
 demo data, it does not exercise the queues, and the workers start with nothing to do. Slides
@@ -44,7 +44,7 @@ DESCRIPTION = (
     "Demo data made by `manage.py seed_demo`: synthetic slides with known content (the fast subset of "
     "the validation set, see docs/validation.md; what each one holds is in the notes below) and a "
     "real slide (CMU-1, a small region of an Aperio H&E scan), with one prediction of every pipeline. "
-    "The stain is not declared, so it is estimated from each slide: ihc-dab flags the H&E slides "
+    "The stain is not declared, so it is estimated from each slide: the DAB pipeline flags the H&E slides "
     "with stain_mismatch and gives them no DAB figures."
 )
 # The figure a summary line shows for a slide, by figure name (the first one present wins).
