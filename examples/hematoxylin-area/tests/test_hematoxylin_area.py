@@ -91,7 +91,8 @@ def test_figures_do_not_depend_on_the_tiling(graded):
     coarse = run_slide(PIPELINE, graded["path"], {"tile_size": 512}).outcome.metrics
     fine = run_slide(PIPELINE, graded["path"], {"tile_size": 256}).outcome.metrics
     assert fine["tiles_analysed"] > coarse["tiles_analysed"]
-    for name in ("hematoxylin_area_fraction", "hematoxylin_area_mm2", "hematoxylin_area_px", "tissue_area_px"):
+    for name in ("hematoxylin_area_fraction", "hematoxylin_area_mm2", "hematoxylin_area_px",
+                 "tissue_area_px"):
         assert fine[name] == coarse[name], name
 
 
@@ -102,7 +103,8 @@ def test_a_slide_without_pixel_size_gets_pixels_and_no_made_up_mm2(graded):
     assert without["hematoxylin_area_mm2"] is None and without["tissue_area_mm2"] is None
     # Analysed at full resolution, as the slide with 0.5 µm/px is by default: the same pixels.
     assert without["hematoxylin_area_px"] == pytest.approx(with_mpp["hematoxylin_area_px"], rel=0.002)
-    assert without["hematoxylin_area_fraction"] == pytest.approx(with_mpp["hematoxylin_area_fraction"], abs=0.001)
+    assert without["hematoxylin_area_fraction"] == pytest.approx(with_mpp["hematoxylin_area_fraction"],
+                                                                 abs=0.001)
 
 
 def _perimeter(a: float, b: float) -> float:

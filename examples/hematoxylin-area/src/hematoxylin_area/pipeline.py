@@ -16,7 +16,8 @@ import numpy as np
 
 from predictions.imaging.heatmap import legend_stops, render_heatmap
 from predictions.imaging.stain import GLASS_OD, StainEstimate, concentrations, optical_density
-from predictions.pipelines.base import BasePipeline, Figure, Outcome, Param, PathClass, Prepared, TileClasses, TileValue
+from predictions.pipelines.base import (BasePipeline, Figure, Outcome, Param, PathClass, Prepared,
+                                        TileClasses, TileValue)
 
 # A pixel is hematoxylin-positive from this hematoxylin OD (log10) up: it lets through at most
 # 10^-0.2 = 63 % of the light along the hematoxylin vector. The value is a convention, the same on
@@ -61,7 +62,8 @@ class HematoxylinArea(BasePipeline):
         replace(BasePipeline.MIN_TISSUE, default=0.0, help="Tiles with less tissue than this fraction are "
                 "skipped (0: every tile with tissue, so the figures cover the whole section)."),
         Param("threshold_od", "float", THRESHOLD_OD, "A tissue pixel is hematoxylin-positive from this "
-              "hematoxylin optical density (log10) up.", min=0.01, max=3.0, label="Hematoxylin threshold (OD)"),
+              "hematoxylin optical density (log10) up.", min=0.01, max=3.0,
+              label="Hematoxylin threshold (OD)"),
     )
 
     figures = (
@@ -78,8 +80,9 @@ class HematoxylinArea(BasePipeline):
     tile_value = TileValue("hematoxylin_area_fraction", "Hematoxylin-positive fraction of tissue",
                            "Hematoxylin-positive fraction per tile")
     export_options = (
-        Param("cutoff", "float", RICH_CUTOFF, "A tile is Hematoxylin-rich in QuPath when at least this fraction "
-              "of its tissue is hematoxylin-positive.", min=0.0, max=1.0, label="Hematoxylin-rich cut-off"),
+        Param("cutoff", "float", RICH_CUTOFF, "A tile is Hematoxylin-rich in QuPath when at least this "
+              "fraction of its tissue is hematoxylin-positive.", min=0.0, max=1.0,
+              label="Hematoxylin-rich cut-off"),
     )
 
     # -- step 1: per slide, after the tissue mask and the tile grid ---------------------------
@@ -114,9 +117,11 @@ class HematoxylinArea(BasePipeline):
 
     def tile_classes(self, records, options, class_names=()):
         cutoff = options["cutoff"]
-        per_tile = [None if (v := rec.get("hematoxylin_area_fraction")) is None else RICH if v >= cutoff else POOR
-                    for rec in records]
-        return TileClasses(per_tile, regions=(RICH,), region_name=f"Hematoxylin-rich tiles (≥ {cutoff:g} of tissue)")
+        fractions = [rec.get("hematoxylin_area_fraction") for rec in records]
+        # A tile without tissue pixels has no fraction: left unclassified, neither rich nor poor.
+        per_tile = [None if v is None else RICH if v >= cutoff else POOR for v in fractions]
+        return TileClasses(per_tile, regions=(RICH,),
+                           region_name=f"Hematoxylin-rich tiles (≥ {cutoff:g} of tissue)")
 
     # -- step 3: the slide's figures ----------------------------------------------------------
     def aggregate(self, prepared: Prepared, rows, params, model=None, detections=None) -> Outcome:
