@@ -72,6 +72,15 @@ class Pipeline(models.Model):
 
         return get_pipeline(self.name, self.version)
 
+    @property
+    def code_if_installed(self):
+        """The code, or None where this machine lacks it (a row the last migrate saw as installed may
+        have lost its package since; a page or list then shows the row without what only code knows)."""
+        try:
+            return self.code if self.installed else None
+        except LookupError:
+            return None
+
 
 def model_upload_path(instance, filename):
     return f"models/{instance.name}/{instance.version}/{filename}"

@@ -98,7 +98,8 @@ class PipelineSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.DictField()))
     def get_figures(self, obj):
-        return [figure.as_dict() for figure in obj.code.figures] if obj.installed else []
+        code = obj.code_if_installed
+        return [figure.as_dict() for figure in code.figures] if code else []
 
     @extend_schema_field(ModelCardSerializer(allow_null=True))
     def get_model(self, obj):
