@@ -242,6 +242,13 @@ STUCK_PREDICTION_MINUTES = env.int("STUCK_PREDICTION_MINUTES", default=15)
 STUCK_PREDICTION_MAX_REQUEUES = env.int("STUCK_PREDICTION_MAX_REQUEUES", default=3)
 # A queued prediction whose start message never reached the broker is sent again after this long.
 QUEUED_RESEND_AFTER_SECONDS = env.int("QUEUED_RESEND_AFTER_SECONDS", default=60)
+# The dispatcher (predictions/dispatch.py) keeps, per queue, as many steps in the broker as the
+# queue's worker processes can run plus this many ready to start: enough that no process waits
+# for its next step, few enough that the queue's order is the order of execution.
+HISTOIA_DISPATCH_AHEAD = env.int("HISTOIA_DISPATCH_AHEAD", default=1)
+# Worker processes per queue assumed until workers report themselves (they do as they start).
+HISTOIA_DEFAULT_PROCESSES = {"cpu": env.int("HISTOIA_DEFAULT_CPU_PROCESSES", default=2),
+                             "gpu": env.int("HISTOIA_DEFAULT_GPU_PROCESSES", default=1)}
 
 # Linked from the staff monitoring page (Flower runs behind its own authentication).
 FLOWER_URL = env("FLOWER_URL", default="")

@@ -5,8 +5,9 @@ The tasks in tasks.py are thin wrappers around these functions. The rules they k
 
 - Dispatch after commit: every message is sent from transaction.on_commit.
 - Short tasks: a slide is prepare → batches of tiles → aggregate; each batch a few seconds.
-- Bounded fan-out: submitting publishes one message; at most SLIDE_WINDOW slides of a prediction
-  are in flight, and each slide's prepare publishes that slide's batches.
+- Bounded fan-out, in queue order: steps reach the broker through the dispatcher
+  (predictions/dispatch.py), a small window per queue refilled in run order as steps end, so
+  predictions run one after the other in the order the dashboard shows, not all at once.
 - Idempotent: a batch delivered twice replaces its own BatchResult row; prepare and aggregate
   can run again and overwrite what they wrote; a slide is claimed by a conditional UPDATE.
 - Cancel is a flag checked at every task start (the next batch boundary); queued messages are
@@ -34,17 +35,14 @@ from django.utils import timezone
 
 from experiments.slide_files import SlideFileError, SlideReader
 
-from . import detections
+from histoia.queues import MAX_PRIORITY
+
+from . import detections, dispatch
 from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
 from .models import result_path
 from .pipelines import ParamError, Plan, Prepared
 
 log = logging.getLogger(__name__)
-
-# Slides of one prediction prepared or processed at the same time; keeps the broker and every
-# process holding a bounded amount of work, however many slides were submitted.
-SLIDE_WINDOW = 4
-
 
 # Publishing from a web request: a few quick tries (workers use the longer default policy).
 SUBMIT_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -107,6 +105,8 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
                      declared_stain=stains[s.pk]) for s in slides
         ])
         send_start(prediction)
+        # Started here at once when the workers have room; else when its turn comes.
+        transaction.on_commit(lambda: dispatch.dispatch_all(quick=True))
     return prediction
 
 
@@ -125,12 +125,12 @@ def send_start(prediction: Prediction) -> None:
                        task_id=start_task_id(prediction), robust=True)
 
 
-def _send_after_commit(task_name, prediction, args, task_id=None, robust=False):
+def _send_after_commit(task_name, prediction, args, task_id=None, robust=False, priority=None):
     inline = _inline.get()
     if inline is not None:  # inside inline_steps(): the step runs in this process, not on a worker
         transaction.on_commit(lambda: inline.send(task_name, args))
         return
-    priority = prediction.celery_priority
+    priority = prediction.celery_priority if priority is None else priority
 
     def send():
         if not robust:
@@ -147,6 +147,18 @@ def _send_after_commit(task_name, prediction, args, task_id=None, robust=False):
             _forget_unsent(task_id)
 
     transaction.on_commit(send)
+
+
+def publish(task_name: str, args: list, *, task_id: str, priority: int, quick: bool = False) -> None:
+    """Send one step now (the dispatcher calls this after its commit); raises if the broker
+    refuses it. quick: from a web request, give up within seconds. Inside inline_steps() the
+    step joins the in-process line instead."""
+    inline = _inline.get()
+    if inline is not None:
+        inline.send(task_name, args)
+        return
+    options = {"retry_policy": SUBMIT_RETRY} if quick else {}
+    current_app.send_task(task_name, args=args, task_id=task_id, priority=priority, **options)
 
 
 def _forget_unsent(task_id):
@@ -178,26 +190,19 @@ def batch_task_id(run: SlideRun, index: int) -> str:
 
 # -- start and advance --------------------------------------------------------------------------
 def start(prediction_id: int) -> None:
-    now = timezone.now()
-    Prediction.objects.filter(pk=prediction_id, status=Status.QUEUED).update(status=Status.RUNNING, started_at=now)
-    advance(prediction_id)
+    """The submit's message: the dispatcher starts the prediction when its turn comes (at once
+    when the workers have room), in the order the queue shows."""
+    dispatch.dispatch_all()
 
 
 def advance(prediction_id: int) -> None:
-    """Start queued slides up to the window; finish the prediction when every slide is final."""
+    """After a slide ended: finish the prediction when every slide is final, and let the
+    dispatcher fill the room the slide left."""
     prediction = Prediction.objects.filter(pk=prediction_id).first()
-    if prediction is None or prediction.is_final:
-        return
-    runs = prediction.runs.all()
-    in_flight = runs.filter(status=Status.RUNNING).count()
-    for run in runs.filter(status=Status.QUEUED).order_by("pk")[: max(0, SLIDE_WINDOW - in_flight)]:
-        # The conditional update is the claim: of two concurrent advance() calls only one wins.
-        if SlideRun.objects.filter(pk=run.pk, status=Status.QUEUED).update(status=Status.RUNNING, started_at=timezone.now()):
-            with transaction.atomic():
-                _send_after_commit("predictions.cpu.prepare_slide", prediction, [run.pk],
-                                   task_id=prepare_task_id(run))
-    if not runs.exclude(status__in=FINAL_STATES).exists():
-        finish(prediction)
+    if prediction is not None and not prediction.is_final:
+        if not prediction.runs.exclude(status__in=FINAL_STATES).exists():
+            finish(prediction)
+    dispatch.dispatch_all()
 
 
 def finish(prediction: Prediction) -> None:
@@ -252,17 +257,17 @@ def prepare(run_id: int) -> None:
             run.total_units = len(prepared.plan.tiles) + 2
             run.done_units = 1
             run.timings = {**run.timings, "prepare_s": round(time.monotonic() - started, 3)}
-            run.save(update_fields=["plan", "stain_estimate", "tissue_mask", "total_units", "done_units", "timings"])
+            # Its batches now exist: the dispatcher sends them as their turn comes.
+            run.batch_count = len(prepared.plan.batches())
+            run.save(update_fields=["plan", "stain_estimate", "tissue_mask", "total_units", "done_units", "timings",
+                                    "batch_count"])
             refresh_progress(run.prediction_id)
-        plan = Plan.from_json(run.plan)
-        done = set(run.batches.values_list("index", flat=True))
-        todo = [i for i in range(len(plan.batches())) if i not in done]
-        if not todo and _claim_aggregate(run):
-            return
-        task = f"predictions.{code.batch_queue}.tile_batch"
-        with transaction.atomic():
-            for index in todo:
-                _send_after_commit(task, run.prediction, [run.pk, index], task_id=batch_task_id(run, index))
+        elif run.batch_count is None:  # prepared before the dispatcher counted batches
+            run.batch_count = len(Plan.from_json(run.plan).batches())
+            SlideRun.objects.filter(pk=run.pk).update(batch_count=run.batch_count)
+        if run.batch_count == 0 or run.batches.count() >= run.batch_count:
+            _claim_aggregate(run)
+    dispatch.dispatch_all()
 
 
 def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
@@ -291,6 +296,7 @@ def run_batch(run_id: int, index: int, queue: str, worker: str | None) -> None:
     refresh_progress(run.prediction_id)
     if run.batches.count() == len(plan.batches()):
         _claim_aggregate(run)
+    dispatch.dispatch_all()
 
 
 # The batches of one slide follow each other on a worker process: keep the last slide open, so
@@ -326,10 +332,12 @@ def forget_kept() -> None:
 
 
 def _claim_aggregate(run: SlideRun) -> bool:
+    """Send the slide's aggregate once: outside the dispatcher's window and at the highest
+    priority, so a finished slide never waits behind other predictions' batches."""
     if SlideRun.objects.filter(pk=run.pk, aggregate_dispatched=False).update(aggregate_dispatched=True):
         with transaction.atomic():
             _send_after_commit("predictions.cpu.aggregate_slide", run.prediction, [run.pk],
-                               task_id=aggregate_task_id(run))
+                               task_id=aggregate_task_id(run), priority=MAX_PRIORITY)
         return True
     return False
 
@@ -448,6 +456,7 @@ def cancel(prediction: Prediction, user=None) -> None:
             current_app.control.revoke(pending)
         except Exception:  # the flag alone already stops them; revoking only saves the loading
             log.warning("could not broadcast revoke for prediction %s", prediction.pk, exc_info=True)
+    dispatch.dispatch_all(quick=True)   # its place goes to the next prediction at once
     prediction.refresh_from_db()
 
 

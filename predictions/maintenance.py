@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import engine, monitoring
+from . import dispatch, engine, monitoring
 from .models import BatchResult, Prediction, SlideRun, Status
 from .pipelines import Plan
 
@@ -63,7 +63,11 @@ class Work:
 
 
 def outstanding_work(prediction: Prediction) -> list[Work]:
-    """The steps of the prediction's running slides that have not finished yet."""
+    """The steps of the prediction's running slides that were sent and have not finished yet.
+
+    Batches the dispatcher has not sent yet are not outstanding: they wait for their turn
+    (predictions/dispatch.py), and sending them here would jump the queue.
+    """
     work = []
     code = prediction.pipeline.code
     for run in prediction.runs.filter(status=Status.RUNNING).order_by("pk"):
@@ -71,13 +75,15 @@ def outstanding_work(prediction: Prediction) -> list[Work]:
             work.append(Work("prepare", run, "predictions.cpu.prepare_slide", (run.pk,),
                              engine.prepare_task_id(run), "cpu"))
             continue
-        count = len(Plan.from_json(run.plan).batches())
+        count = run.batch_count if run.batch_count is not None else len(Plan.from_json(run.plan).batches())
+        # A slide prepared before the dispatcher counted its batches had them all sent at once.
+        sent = run.batches_sent if run.batch_count is not None else count
         done = set(run.batches.values_list("index", flat=True))
-        missing = [i for i in range(count) if i not in done]
+        missing = [i for i in range(sent) if i not in done]
         for index in missing:
             work.append(Work("batch", run, f"predictions.{code.batch_queue}.tile_batch", (run.pk, index),
                              engine.batch_task_id(run, index), code.batch_queue))
-        if not missing:
+        if not missing and sent >= count:
             work.append(Work("aggregate", run, "predictions.cpu.aggregate_slide", (run.pk,),
                              engine.aggregate_task_id(run), "cpu"))
     return work
@@ -174,12 +180,14 @@ def _fail(prediction: Prediction, moved, now, attempts: int) -> None:
 # -- queued predictions whose start message was lost ----------------------------------------------
 def resend_queued(*, now=None, older_than: timedelta | None = None, stale_after: timedelta | None = None,
                   active_ids=_ASK, depths=None) -> list[int]:
-    """Send the start message again for queued predictions whose message never got through.
+    """Send the start message again for queued predictions whose message never got through,
+    then let the dispatcher fill the queues (work it could not send while the broker was away).
 
     Sent again when, older than `older_than` (QUEUED_RESEND_AFTER_SECONDS): there is no task row
-    for its start message (the broker was away at submit time), or the row says it finished
-    yet the prediction is still queued; or, older than `stale_after`, the message is neither
-    waiting in the cpu queue nor running (lost with a worker on a broker without acks).
+    for its start message (the broker was away at submit time); or, older than `stale_after`,
+    the message is neither waiting in the cpu queue nor running (lost with a worker on a broker
+    without acks). A start message that ran while the prediction stays queued is no loss: the
+    prediction is waiting for its turn (predictions/dispatch.py).
     """
     from django_celery_results.models import TaskResult
 
@@ -190,8 +198,8 @@ def resend_queued(*, now=None, older_than: timedelta | None = None, stale_after:
     for prediction in Prediction.objects.filter(status=Status.QUEUED, created_at__lt=now - older_than):
         task_id = engine.start_task_id(prediction)
         row = TaskResult.objects.filter(task_id=task_id).first()
-        lost = row is None or row.status in states.READY_STATES
-        if not lost and prediction.created_at < now - stale_after:
+        lost = row is None
+        if not lost and row.status not in states.READY_STATES and prediction.created_at < now - stale_after:
             if depths is None:
                 depths = monitoring.queue_depths(use_cache=False)
             if active_ids is _ASK:
@@ -204,4 +212,5 @@ def resend_queued(*, now=None, older_than: timedelta | None = None, stale_after:
             engine.send_start(prediction)
         resent.append(prediction.pk)
         log.warning("prediction %s was still queued with its start message lost; sent again", prediction.pk)
+    dispatch.dispatch_all()
     return resent

@@ -305,6 +305,10 @@ class SlideRun(models.Model):
     done_units = models.PositiveIntegerField(default=0)
     total_units = models.PositiveIntegerField(default=0)
     aggregate_dispatched = models.BooleanField(default=False)
+    # The dispatcher's bookkeeping (predictions/dispatch.py): the slide's number of tile batches,
+    # known once prepare has run, and how many of them have been sent, in index order.
+    batch_count = models.PositiveIntegerField(null=True, blank=True)
+    batches_sent = models.PositiveIntegerField(default=0)
     timings = models.JSONField(default=dict, blank=True)  # step -> seconds
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -337,3 +341,29 @@ class BatchResult(models.Model):
     class Meta:
         ordering = ["run", "index"]
         constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_batch_per_run")]
+
+
+class DispatchLock(models.Model):
+    """One row per queue, updated by the dispatcher to hold that queue's lock (see dispatch.py)."""
+
+    queue = models.CharField(max_length=10, primary_key=True)
+    at = models.DateTimeField(null=True, blank=True)
+
+
+class WorkerSlots(models.Model):
+    """A worker as it reports itself: the queues it consumes and its number of processes.
+
+    Written when the worker starts and refreshed with its heartbeats; the dispatcher sizes each
+    queue's window from the workers heard from recently (predictions/dispatch.py).
+    """
+
+    hostname = models.CharField(max_length=200, primary_key=True)
+    queues = models.JSONField(default=list)
+    processes = models.PositiveIntegerField(default=1)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "worker slots"
+
+    def __str__(self):
+        return f"{self.hostname} ({self.processes} on {', '.join(self.queues)})"

@@ -1,0 +1,281 @@
+"""The dispatcher: work reaches the broker in the order the queue shows, a little at a time.
+
+Why: if every prediction sent all its work at once, the workers would share themselves between
+all of them (processor sharing): four predictions submitted together would all end together, at
+four times the first one's time, and no ETA could come true. Instead the broker holds, per queue,
+only a small window of work — as many steps as the queue's worker processes can run, plus
+DISPATCH_AHEAD ready to start — and each time a step ends the window is refilled from the
+predictions in run order (predictions/run_order.py): the first prediction's steps go first, the
+next prediction's follow as soon as the first has nothing more to send. cpu and gpu are separate
+windows: a gpu prediction waiting for the GPU does not hold back cpu work behind it.
+
+A slide's steps are prepare (cpu), its tile batches (the pipeline's batch queue) and aggregate
+(cpu). A slide's aggregate is not held back by the window and is sent at the highest priority:
+a finished slide never waits behind other predictions' batches.
+
+What is "in the window" is counted from the database, never from the broker: prepare sent
+(a running slide run without its batch count yet), batches sent but not finished
+(SlideRun.batches_sent minus its BatchResult rows) and aggregates claimed. Dispatching takes a
+row lock per queue (DispatchLock), so two dispatchers never fill the same slot. A message is sent
+after the commit that records it; if the broker refuses it, the record is undone and the next
+dispatch sends it again. A redelivered message (a worker killed mid-task) is still counted, so a
+crash changes neither the order nor the window.
+
+Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
+once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
+sends again what a broker that was away refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import signals
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from histoia.queues import CPU, PRIORITY_NORMAL, PRIORITY_URGENT, QUEUE_NAMES
+
+from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
+from .run_order import Entry, run_order
+
+log = logging.getLogger(__name__)
+
+# A worker that has not said it is alive for this long no longer counts towards the window.
+WORKER_SILENT_AFTER = timedelta(minutes=3)
+# Slides of one prediction being prepared at once (the next slide's prepare overlaps the
+# previous slide's batches, so the workers never wait for a prepare).
+PREPARING_PER_PREDICTION = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """One message to send: a slide's prepare, or one of its tile batches."""
+
+    kind: str           # "prepare" | "batch"
+    prediction_id: int
+    run_id: int
+    index: int = 0      # the batch's index
+    queue: str = CPU
+
+    @property
+    def task_name(self) -> str:
+        return "predictions.cpu.prepare_slide" if self.kind == "prepare" else f"predictions.{self.queue}.tile_batch"
+
+    @property
+    def args(self) -> list:
+        return [self.run_id] if self.kind == "prepare" else [self.run_id, self.index]
+
+    @property
+    def task_id(self) -> str:
+        suffix = "prepare" if self.kind == "prepare" else f"b{self.index}"
+        return f"p{self.prediction_id}-r{self.run_id}-{suffix}"
+
+
+# -- capacity --------------------------------------------------------------------------------
+def processes(queue: str) -> int:
+    """Worker processes consuming `queue`, as live workers report them (WorkerSlots); the
+    configured default when none has reported (e.g. workers that have only just started)."""
+    since = timezone.now() - WORKER_SILENT_AFTER
+    total = sum(w.processes for w in WorkerSlots.objects.filter(seen_at__gte=since) if queue in (w.queues or []))
+    return total or settings.HISTOIA_DEFAULT_PROCESSES.get(queue, 1)
+
+
+def window(queue: str) -> int:
+    return processes(queue) + settings.HISTOIA_DISPATCH_AHEAD
+
+
+def in_flight(queue: str) -> int:
+    """Steps on `queue` sent and not finished (see the module docstring)."""
+    running = SlideRun.objects.filter(status=Status.RUNNING, prediction__status=Status.RUNNING)
+    batches = (running.filter(prediction__pipeline__batch_queue=queue, batch_count__isnull=False)
+               .annotate(done=Count("batches")).values_list("batches_sent", "done"))
+    count = sum(max(0, sent - done) for sent, done in batches)
+    if queue == CPU:
+        count += running.filter(batch_count__isnull=True).count()            # prepares
+        count += running.filter(aggregate_dispatched=True).count()          # aggregates
+    return count
+
+
+# -- what to send next -----------------------------------------------------------------------
+def active_in_run_order() -> list[tuple[Entry, int]]:
+    """Every queued or running prediction (all labs) in run order, with its pipeline row's id;
+    plain values, so ordering a queue of thousands stays cheap. The queue pages use it too."""
+    rows = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
+            .values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at", "pipeline_id"))
+    pipeline_of = {}
+    entries = []
+    for pk, lab, priority, status, created, started, pipeline_id in rows:
+        entries.append(Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING,
+                             created, started))
+        pipeline_of[pk] = pipeline_id
+    return [(e, pipeline_of[e.pk]) for e in run_order(entries)]
+
+
+def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], bool]:
+    """Up to `limit` steps of one prediction that can be sent on `queue` now, in order, and
+    whether it will have more for `queue` later (a slide still to prepare, batches not known yet
+    or not sent): then the predictions behind it wait, so that it ends before they start."""
+    prediction = Prediction.objects.select_related("pipeline").filter(pk=prediction_id).first()
+    if prediction is None or prediction.is_final:
+        return [], False
+    batch_queue = prediction.pipeline.batch_queue or CPU
+    runs = list(prediction.runs.exclude(status__in=[Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
+                .order_by("pk").values("pk", "status", "batch_count", "batches_sent", "aggregate_dispatched"))
+    steps: list[Step] = []
+    more = False
+    if queue == CPU:
+        preparing = sum(1 for r in runs if r["status"] == Status.RUNNING and r["batch_count"] is None)
+        # The next slide's prepare first: it takes one slot and makes the next batches, ready by
+        # the time this slide's are done.
+        for r in runs:
+            if r["status"] != Status.QUEUED:
+                continue
+            if preparing >= PREPARING_PER_PREDICTION or len(steps) >= limit:
+                # Only a cpu pipeline's prepares hold back the cpu predictions behind it: a gpu
+                # pipeline's slides are prepared as cpu slots come free, without blocking.
+                more = more or batch_queue == CPU
+                break
+            steps.append(Step("prepare", prediction_id, r["pk"]))
+            preparing += 1
+    if queue == batch_queue:
+        for r in runs:
+            if r["status"] == Status.QUEUED or r["batch_count"] is None:
+                more = True          # its batches are not known yet
+                continue
+            if r["aggregate_dispatched"]:
+                continue
+            for index in range(r["batches_sent"], r["batch_count"]):
+                if len(steps) >= limit:
+                    return steps, True
+                steps.append(Step("batch", prediction_id, r["pk"], index, queue))
+    return steps[:limit], more or len(steps) > limit
+
+
+# -- sending ---------------------------------------------------------------------------------
+def dispatch(queue: str, *, quick: bool = False) -> int:
+    """Fill `queue`'s window in run order; returns how many steps were sent (after commit).
+
+    quick: called from a web request; a broker that is away is given up on within seconds.
+    """
+    with transaction.atomic():
+        # The lock: one dispatcher per queue at a time (a row UPDATE locks on every database).
+        if not DispatchLock.objects.filter(queue=queue).update(at=timezone.now()):
+            DispatchLock.objects.get_or_create(queue=queue)
+            DispatchLock.objects.filter(queue=queue).update(at=timezone.now())
+        free = window(queue) - in_flight(queue)
+        if free <= 0:
+            return 0
+        chosen: list[tuple[Step, int]] = []
+        for entry, _ in active_in_run_order():
+            steps, more_later = next_steps(entry.pk, queue, free - len(chosen))
+            chosen.extend((step, _priority(entry)) for step in steps)
+            if more_later or len(chosen) >= free:
+                break   # the predictions behind this one wait until it has sent all its work
+        for step, _ in chosen:
+            _record(step)
+        if chosen:
+            transaction.on_commit(lambda: _publish(chosen, quick))
+    return len(chosen)
+
+
+def dispatch_all(*, quick: bool = False) -> None:
+    for queue in QUEUE_NAMES:
+        try:
+            dispatch(queue, quick=quick)
+        except Exception:  # noqa: BLE001
+            # The caller's own work is done and committed (a submit, a finished step): never
+            # fail it for this. The next step's end, or the periodic dispatch, tries again.
+            log.exception("could not dispatch the %s queue", queue)
+
+
+def _priority(entry: Entry) -> int:
+    return PRIORITY_URGENT if entry.urgent else PRIORITY_NORMAL
+
+
+def _record(step: Step) -> None:
+    now = timezone.now()
+    if step.kind == "prepare":
+        SlideRun.objects.filter(pk=step.run_id, status=Status.QUEUED).update(status=Status.RUNNING, started_at=now)
+        Prediction.objects.filter(pk=step.prediction_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started_at=now)
+    else:
+        SlideRun.objects.filter(pk=step.run_id, batches_sent=step.index).update(batches_sent=step.index + 1)
+
+
+def _undo(step: Step) -> None:
+    """The step was not sent: make it the next to send again."""
+    if step.kind == "prepare":
+        SlideRun.objects.filter(pk=step.run_id, status=Status.RUNNING, batch_count__isnull=True).update(
+            status=Status.QUEUED, started_at=None)
+        if not SlideRun.objects.filter(prediction_id=step.prediction_id).exclude(status=Status.QUEUED).exists():
+            Prediction.objects.filter(pk=step.prediction_id, status=Status.RUNNING).update(
+                status=Status.QUEUED, started_at=None)
+    else:
+        SlideRun.objects.filter(pk=step.run_id, batches_sent__gt=step.index).update(batches_sent=step.index)
+
+
+def _publish(chosen: list[tuple[Step, int]], quick: bool) -> None:
+    from .engine import publish   # engine imports this module
+
+    for position, (step, priority) in enumerate(chosen):
+        try:
+            publish(step.task_name, step.args, task_id=step.task_id, priority=priority, quick=quick)
+        except Exception:
+            log.warning("could not send %s; it will be sent again", step.task_id, exc_info=True)
+            # In reverse, so each slide run's batch counter ends at its first unsent batch.
+            for failed, _ in reversed(chosen[position:]):
+                _undo(failed)
+            return
+
+
+# -- workers reporting themselves -------------------------------------------------------------
+# Each worker's main process writes its row when it starts, refreshes it with its heartbeats
+# (at most once a REPORT_EVERY) and removes it when it stops; a worker killed outright simply
+# falls silent and stops counting after WORKER_SILENT_AFTER.
+REPORT_EVERY = timedelta(seconds=60)
+_me: dict = {}
+
+
+@signals.celeryd_after_setup.connect
+def _worker_set_up(sender=None, instance=None, **kwargs):
+    _me.update(hostname=str(sender), processes=int(getattr(instance, "concurrency", 1) or 1),
+               queues=sorted(instance.app.amqp.queues.consume_from or {}), reported=None)
+    _report()
+
+
+@signals.heartbeat_sent.connect
+def _heartbeat(sender=None, **kwargs):
+    if _me and (_me["reported"] is None or timezone.now() - _me["reported"] >= REPORT_EVERY):
+        _report()
+
+
+@signals.worker_shutdown.connect
+def _worker_stopping(sender=None, **kwargs):
+    if _me:
+        _quietly(lambda: WorkerSlots.objects.filter(hostname=_me["hostname"]).delete())
+
+
+def _report() -> None:
+    now = timezone.now()
+    _quietly(lambda: WorkerSlots.objects.update_or_create(hostname=_me["hostname"], defaults={
+        "queues": _me["queues"], "processes": _me["processes"], "seen_at": now}))
+    _me["reported"] = now
+
+
+def _quietly(write) -> None:
+    """A write from a worker's main process: never let it stop the worker, and close the
+    connection after it (the pool forks its processes from this one)."""
+    from django.db import connection
+
+    try:
+        write()
+    except Exception:  # noqa: BLE001
+        log.warning("could not record this worker's slots", exc_info=True)
+    finally:
+        connection.close()
+

@@ -1,0 +1,108 @@
+"""The queue keeps its promise: predictions run in the order the dashboard shows, with real
+workers (2 cpu processes) over the real broker.
+
+Each prediction is a short ihc-dab run on the CMU slide cut into small tiles (several batches,
+more than the workers can hold at once), so that running them all at once would share the
+workers between them and end them together; run in order, each ends before the next.
+"""
+
+import time
+
+import pytest
+
+from predictions import engine, queueing
+from predictions.models import Prediction, Status
+from tests.conftest import CMU_SLIDE, wait_final
+from tests.factories import ExperimentFactory, MemberFactory
+
+pytestmark = pytest.mark.worker
+
+SMALL_TILES = {"tile_size": 128}
+
+
+def submit(slide, pipeline, user, priority=Prediction.Priority.NORMAL):
+    return engine.submit(slide.experiment, pipeline, [slide], SMALL_TILES, user=user, priority=priority)
+
+
+def shown_order(*predictions):
+    """The dashboard's order of these predictions, as shown now."""
+    wanted = {p.pk for p in predictions}
+    return [e["pk"] for e in queueing.waiting(load=False) if e["pk"] in wanted]
+
+
+def finished(*predictions):
+    for prediction in predictions:
+        wait_final(prediction, timeout=240)
+        assert prediction.status == Status.SUCCEEDED, prediction.error
+    return predictions
+
+
+def test_predictions_submitted_back_to_back_end_in_submit_order(workers, pipelines, make_slide, alice):
+    slide = make_slide(CMU_SLIDE)
+    submitted = [submit(slide, pipelines["ihc-dab"], alice) for _ in range(4)]
+    assert shown_order(*submitted) == [p.pk for p in submitted]
+    finished(*submitted)
+    ends = [p.finished_at for p in submitted]
+    assert ends == sorted(ends), "predictions must end in the order they were submitted"
+    # In order, not shared: the third starts only once the first has ended (the window holds a
+    # step or two of the next prediction, never the whole queue).
+    for earlier, later in zip(submitted, submitted[2:]):
+        assert later.started_at >= earlier.finished_at
+
+
+def test_urgent_overtakes_waiting_work_but_not_started_work(workers, pipelines, make_slide, alice):
+    slide = make_slide(CMU_SLIDE)
+    normal = [submit(slide, pipelines["ihc-dab"], alice) for _ in range(3)]
+    urgent = submit(slide, pipelines["ihc-dab"], alice, priority=Prediction.Priority.URGENT)
+    shown = shown_order(*normal, urgent)
+    assert shown.index(urgent.pk) < shown.index(normal[2].pk)
+    finished(*normal, urgent)
+    assert normal[0].finished_at < urgent.finished_at       # started first, finished first
+    assert urgent.finished_at < normal[2].finished_at        # ahead of the waiting ones
+    assert urgent.started_at < normal[2].started_at
+
+
+def test_two_labs_take_turns(workers, pipelines, make_slide, alice, lab_b):
+    slide_a = make_slide(CMU_SLIDE)
+    member_b = MemberFactory(lab=lab_b)
+    experiment_b = ExperimentFactory(lab=lab_b, created_by=member_b)
+    slide_b = make_slide(CMU_SLIDE, exp=experiment_b)
+    lab_a_runs = [submit(slide_a, pipelines["ihc-dab"], alice) for _ in range(4)]
+    lab_b_run = submit(slide_b, pipelines["ihc-dab"], member_b)
+    # Lab B's one prediction runs in the next round, not after all of lab A's.
+    shown = shown_order(*lab_a_runs, lab_b_run)
+    assert shown.index(lab_b_run.pk) <= 2, shown
+    finished(*lab_a_runs, lab_b_run)
+    started = [p.pk for p in sorted([*lab_a_runs, lab_b_run], key=lambda p: p.started_at)]
+    assert started.index(lab_b_run.pk) <= 2, started
+    assert lab_b_run.finished_at < lab_a_runs[3].finished_at
+
+
+def test_a_cancelled_prediction_frees_its_place_at_once(workers, pipelines, make_slide, alice):
+    slide = make_slide(CMU_SLIDE)
+    first, second = submit(slide, pipelines["ihc-dab"], alice), submit(slide, pipelines["ihc-dab"], alice)
+    engine.cancel(Prediction.objects.get(pk=first.pk), alice)
+    cancelled_at = time.monotonic()
+    second.refresh_from_db()
+    # The dispatcher gave the place to the next one in the cancel itself, not at some later step.
+    while second.status == Status.QUEUED and time.monotonic() - cancelled_at < 5:
+        time.sleep(0.1)
+        second.refresh_from_db()
+    assert second.status == Status.RUNNING
+    finished(second)
+
+
+def test_order_holds_after_a_worker_is_killed_mid_queue(workers, pipelines, make_slide, alice):
+    slide = make_slide(CMU_SLIDE)
+    submitted = [submit(slide, pipelines["ihc-dab"], alice) for _ in range(3)]
+    # The cpu worker dies with its pool mid-way through the first prediction; RabbitMQ gives its
+    # unacknowledged messages back, and a new worker takes them.
+    from tests.conftest import wait_for
+
+    wait_for(lambda: submitted[0].runs.filter(batches__isnull=False).exists(), message="a first batch")
+    workers.kill("cpu")
+    workers.start("cpu")
+    finished(*submitted)
+    ends = [p.finished_at for p in submitted]
+    assert ends == sorted(ends)
+    assert submitted[2].started_at >= submitted[0].finished_at
