@@ -7,10 +7,13 @@ Plain functions over the ORM, shared by the API (/api/v1/queue/) and the pages:
 - throughput(pipeline): how fast that pipeline's tiles go, measured from earlier batches;
 - eta_seconds(prediction): estimated seconds until a queued or running prediction ends.
 
-Order: running predictions first (their batches are already in the queues), then queued ones,
-urgent before normal, oldest first. Positions and ETAs count every lab's work (another lab's
-prediction ahead of yours delays yours too) but only the user's own predictions are listed.
-Estimates are work ahead on the same queue divided by throughput; they are estimates.
+Order: the order the dispatcher sends work in (predictions/run_order.py: started predictions
+first, then urgent, labs taking turns), so the order shown is the order run. Positions and ETAs
+count every lab's work (another lab's prediction ahead of yours delays yours too) but only the
+user's own predictions are listed. Estimates are the work ahead on the same queue plus the
+prediction's own, over the measured throughput and the queue's worker processes: since each
+queue runs its predictions one after another, the sum is when it ends (bench/eta_accuracy.py
+measures how close that comes).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import Prefetch, Case, IntegerField, Value, When
+from django.db.models import Prefetch
 
+from . import dispatch
 from .models import BatchResult, Pipeline, Prediction, SlideRun, Status
 
 # Used until a pipeline has history, deliberately on the slow side (per worker process).
@@ -36,9 +40,15 @@ class Throughput:
     pipeline: str
     queue: str
     tiles_per_second: float            # one worker process
-    slide_overhead_seconds: float      # prepare + aggregate of one slide
-    tiles_per_slide: float             # until a slide's plan says how many it has
+    slide_overhead_seconds: float      # prepare + aggregate of one slide, on average
+    tiles_per_slide: float             # on average: for a slide whose size is not known
     batches_measured: int
+    # A slide not prepared yet has no tile count: it is estimated from the slide's size, as the
+    # pipeline's history goes (tiles per megapixel of slide; prepare + aggregate as a fixed part
+    # plus a part per megapixel). None without history: the averages above are used.
+    tiles_per_megapixel: float | None = None
+    overhead_fixed_seconds: float = 0.0
+    overhead_seconds_per_megapixel: float = 0.0
 
     @property
     def no_history(self) -> bool:
@@ -51,6 +61,13 @@ class Throughput:
                     f"{self.tiles_per_second:g} tiles/s per worker process is assumed.")
         return f"Measured over the last {self.batches_measured} batches of {self.pipeline}."
 
+    def unprepared_slide(self, megapixels: float | None) -> tuple[float, float]:
+        """(tiles, seconds of prepare + aggregate) expected of a slide of this size."""
+        if not megapixels or self.tiles_per_megapixel is None:
+            return self.tiles_per_slide, self.slide_overhead_seconds
+        return (self.tiles_per_megapixel * megapixels,
+                self.overhead_fixed_seconds + self.overhead_seconds_per_megapixel * megapixels)
+
     def as_dict(self) -> dict:
         return {"pipeline": self.pipeline, "queue": self.queue, "tiles_per_second": round(self.tiles_per_second, 3),
                 "slide_overhead_seconds": round(self.slide_overhead_seconds, 1),
@@ -58,7 +75,8 @@ class Throughput:
 
 
 def throughput(pipeline: Pipeline | str) -> Throughput:
-    """Tiles per second of one worker process for this pipeline, from its recent BatchResults.
+    """Tiles per second of one worker process for this pipeline, from its recent BatchResults,
+    and what its slides cost by size, from its recent successful slide runs.
 
     Measured over every version of the pipeline (same name); with no history, a conservative
     default per queue, and `no_history` says so.
@@ -75,49 +93,74 @@ def throughput(pipeline: Pipeline | str) -> Throughput:
                    .order_by("-finished_at").values_list("tiles", "seconds")[:HISTORY])
     tiles, seconds = sum(t for t, _ in batches), sum(s for _, s in batches)
     rate = tiles / seconds if tiles and seconds else DEFAULT_TILES_PER_SECOND.get(queue, 1.0)
-    runs = list(SlideRun.objects.filter(prediction__pipeline__name=name, status=Status.SUCCEEDED)
-                .order_by("-finished_at").values_list("timings", "total_units")[:HISTORY])
-    overheads = [(t or {}).get("prepare_s", 0) + (t or {}).get("aggregate_s", 0) for t, _ in runs if t]
-    overhead = sum(overheads) / len(overheads) if overheads else DEFAULT_SLIDE_OVERHEAD_SECONDS
-    per_slide = [units - 2 for _, units in runs if units and units > 2]
+    runs = [(t or {}, units, _megapixels(w, h)) for t, units, w, h in
+            SlideRun.objects.filter(prediction__pipeline__name=name, status=Status.SUCCEEDED)
+            .order_by("-finished_at").values_list("timings", "total_units", "slide__width", "slide__height")[:HISTORY]]
+    overheads = [(t.get("prepare_s", 0) + t.get("aggregate_s", 0), mpx) for t, _, mpx in runs if t]
+    overhead = sum(o for o, _ in overheads) / len(overheads) if overheads else DEFAULT_SLIDE_OVERHEAD_SECONDS
+    per_slide = [units - 2 for _, units, _ in runs if units and units > 2]
     tiles_per_slide = sum(per_slide) / len(per_slide) if per_slide else (DEFAULT_TILES_PER_SLIDE if tiled else 0)
-    result = Throughput(name, queue, rate, overhead, tiles_per_slide, len(batches) if tiles and seconds else 0)
+    sized = [(max(0, units - 2), mpx) for _, units, mpx in runs if units and mpx]
+    size_fit = {}
+    if sized:
+        size_fit["tiles_per_megapixel"] = sum(t for t, _ in sized) / sum(m for _, m in sized)
+        fixed, per_mpx = _line([(mpx, o) for o, mpx in overheads if mpx])
+        size_fit.update(overhead_fixed_seconds=fixed, overhead_seconds_per_megapixel=per_mpx)
+    result = Throughput(name, queue, rate, overhead, tiles_per_slide, len(batches) if tiles and seconds else 0,
+                        **size_fit)
     cache.set(key, result, CACHE_SECONDS)
     return result
 
 
+def _megapixels(width, height) -> float | None:
+    return width * height / 1e6 if width and height else None
+
+
+def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(a, b) of y = a + b x by least squares, neither negative (a cost never shrinks with size)."""
+    if not points:
+        return DEFAULT_SLIDE_OVERHEAD_SECONDS, 0.0
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    spread = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / spread if spread else 0.0
+    b = max(0.0, b)
+    a = my - b * mx
+    if a < 0:   # the cost is proportional to size: a line through zero
+        a, b = 0.0, sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+    return a, b
+
+
 def _parallelism(queue: str) -> int:
-    from .monitoring import cached_concurrency
-
-    return cached_concurrency(queue) or 1
-
-
-def remaining_seconds(prediction: Prediction, rate: Throughput | None = None) -> float:
-    """Work left in this prediction, in seconds of the queue serving it (all its processes)."""
-    if prediction.is_final:
-        return 0.0
-    runs = [(run.status, run.total_units, run.done_units) for run in _runs(prediction)]
-    return _remaining(runs, rate or throughput(prediction.pipeline), _parallelism)
+    """Worker processes serving `queue`, as the dispatcher counts them (workers report themselves
+    in the database: no broadcast to wait for)."""
+    return dispatch.processes(queue)
 
 
 def _remaining(runs, rate: Throughput, parallelism) -> float:
-    """Seconds left for slide runs given as (status, total_units, done_units)."""
-    tiles = overhead = 0.0
-    for status, total_units, done_units in runs:
+    """Seconds left for slide runs given as (status, total_units, done_units, slide megapixels).
+
+    The dispatcher gives one prediction all the queue's processes at once (dispatch.py): its tile
+    batches, and the prepare of each next slide, share them; what cannot be shared is the first
+    slide's prepare (before any batch exists) and the last slide's aggregate (after every batch).
+    """
+    tiles = overhead = serial = 0.0
+    for status, total_units, done_units, megapixels in runs:
         if status in (Status.SUCCEEDED, Status.FAILED, Status.PARTIAL, Status.CANCELLED):
             continue
         if total_units <= 2 and done_units == 0:   # not prepared yet: the number of tiles is unknown
-            tiles += rate.tiles_per_slide
-            overhead += rate.slide_overhead_seconds
+            slide_tiles, slide_overhead = rate.unprepared_slide(megapixels)
+            tiles += slide_tiles
+            overhead += slide_overhead
+            serial = max(serial, slide_overhead)
         else:  # done_units counts prepare (1) and finished tiles; the last unit is aggregate
             tiles += max(0, total_units - done_units - 1)
             overhead += rate.slide_overhead_seconds / 2
-    return tiles / rate.tiles_per_second / parallelism(rate.queue) + overhead
-
-
-def _runs(prediction):
-    cached = getattr(prediction, "_prefetched_objects_cache", {}).get("runs")
-    return cached if cached is not None else prediction.runs.only("status", "total_units", "done_units")
+            serial = max(serial, rate.slide_overhead_seconds / 2)
+    if not tiles and not overhead:
+        return 0.0
+    shared = tiles / rate.tiles_per_second + overhead - serial
+    return shared / parallelism(rate.queue) + serial
 
 
 ACTIVE = [Status.QUEUED, Status.RUNNING]
@@ -127,18 +170,13 @@ def _active_in_order():
     """(pk, status, pipeline_id) of every queued or running prediction (all labs), in the order
     they run, and the progress of their slide runs: plain values, so that planning a queue of
     thousands stays cheap; model objects are loaded only for what is shown (with_predictions)."""
-    order = (Prediction.objects.filter(status__in=ACTIVE)
-             .annotate(_running=Case(When(status=Status.RUNNING, then=Value(0)), default=Value(1),
-                                     output_field=IntegerField()),
-                       _urgent=Case(When(priority=Prediction.Priority.URGENT, then=Value(0)), default=Value(1),
-                                    output_field=IntegerField()))
-             .order_by("_running", "_urgent", "started_at", "created_at", "pk")
-             .values_list("pk", "status", "pipeline_id"))
-    rows = list(order)
+    rows = [(e.pk, Status.RUNNING if e.started else Status.QUEUED, pipeline_id)
+            for e, pipeline_id in dispatch.active_in_run_order()]
     runs = defaultdict(list)
-    for prediction_id, *progress in (SlideRun.objects.filter(prediction__status__in=ACTIVE)
-                                     .values_list("prediction_id", "status", "total_units", "done_units")):
-        runs[prediction_id].append(progress)
+    for prediction_id, status, total, done, width, height in (
+            SlideRun.objects.filter(prediction__status__in=ACTIVE).values_list(
+                "prediction_id", "status", "total_units", "done_units", "slide__width", "slide__height")):
+        runs[prediction_id].append((status, total, done, _megapixels(width, height)))
     return rows, runs, Pipeline.objects.in_bulk({pipeline_id for _, _, pipeline_id in rows})
 
 
@@ -159,12 +197,16 @@ def _plan():
         rate = rates[pipeline_id]
         own = _remaining(runs.get(pk, ()), rate, parallelism)
         queue = rate.queue
+        # Predictions run one after another on each queue (dispatch.py), running ones too: one
+        # that has started behind another (its first slide prepared while the other's last
+        # batches ran) ends after it.
+        eta = ahead.get(queue, 0.0) + own
+        ahead[queue] = eta
         if status == Status.RUNNING:
-            eta, pos = own, 0
+            pos = 0
         else:
             position += 1
-            eta, pos = ahead.get(queue, 0.0) + own, position
-        ahead[queue] = ahead.get(queue, 0.0) + own
+            pos = position
         entries[pk] = {
             "pk": pk,
             "position": pos,
@@ -215,12 +257,10 @@ def entry(prediction_id: int) -> dict | None:
 def eta_seconds(prediction: Prediction) -> int | None:
     """Estimated seconds until a queued or running prediction ends; None once it has ended.
 
-    Running: its own remaining work. Queued: the remaining work of everything ahead of it on the
-    same queue, plus its own, over the measured throughput.
+    The remaining work of everything ahead of it on the same queue, plus its own, over the
+    measured throughput.
     """
     if prediction.is_final:
         return None
-    if prediction.status == Status.RUNNING:
-        return round(remaining_seconds(prediction))
     found = entry(prediction.pk)
     return found["eta_seconds"] if found else None

@@ -188,10 +188,6 @@ def _eta(prediction):
     "position" (0 once running), "queue", "estimated" (no measured history yet)}; None once ended."""
     if prediction.is_final:
         return None
-    if prediction.status == Status.RUNNING:  # its own work only: no need to plan the whole queue
-        rate = queueing.throughput(prediction.pipeline)
-        return {"seconds": round(queueing.remaining_seconds(prediction, rate)), "position": 0,
-                "queue": rate.queue, "estimated": rate.no_history}
     entry = queueing.entry(prediction.pk)
     return entry and {"seconds": entry["eta_seconds"], "position": entry["position"], "queue": entry["queue"],
                       "estimated": entry["estimated_without_history"]}
