@@ -11,14 +11,17 @@ windows: a gpu prediction waiting for the GPU does not hold back cpu work behind
 
 A slide's steps are prepare (cpu), its tile batches (the pipeline's batch queue) and aggregate
 (cpu). A slide's aggregate is not held back by the window and is sent at the highest priority:
-a finished slide never waits behind other predictions' batches.
+a finished slide never waits behind other predictions' batches. A prepare is sent in the turn
+of its pipeline's batch queue; for a gpu pipeline at the highest priority too, so that a gpu
+prediction starts as soon as the GPU is free, whatever waits for the cpu workers.
 
 What is "in the window" is counted from the database, never from the broker: prepare sent
 (a running slide run without its batch count yet), batches sent but not finished
 (SlideRun.batches_sent minus its BatchResult rows) and aggregates claimed. Dispatching takes a
 row lock per queue (DispatchLock), so two dispatchers never fill the same slot. A message is sent
 after the commit that records it; if the broker refuses it, the record is undone and the next
-dispatch sends it again. A redelivered message (a worker killed mid-task) is still counted, so a
+dispatch sends it again; if the dispatcher dies between the two, send_unsent() sends it within
+a minute or two. A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
 Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
@@ -38,7 +41,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from histoia.queues import CPU, PRIORITY_NORMAL, PRIORITY_URGENT, QUEUE_NAMES
+from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, PRIORITY_URGENT, QUEUE_NAMES
 
 from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
 from .run_order import Entry, run_order
@@ -60,7 +63,7 @@ class Step:
     prediction_id: int
     run_id: int
     index: int = 0      # the batch's index
-    queue: str = CPU
+    queue: str = CPU    # the window it is counted in: the pipeline's batch queue (a prepare runs on cpu)
 
     @property
     def task_name(self) -> str:
@@ -117,43 +120,44 @@ def active_in_run_order() -> list[tuple[Entry, int]]:
 
 
 def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], bool]:
-    """Up to `limit` steps of one prediction that can be sent on `queue` now, in order, and
+    """Up to `limit` steps of one prediction that can be sent for `queue` now, in order, and
     whether it will have more for `queue` later (a slide still to prepare, batches not known yet
-    or not sent): then the predictions behind it wait, so that it ends before they start."""
+    or not sent): then the predictions behind it wait, so that it ends before they start.
+
+    A slide's prepare belongs to its pipeline's batch queue: it runs on a cpu worker, but it is
+    sent when the prediction's turn comes on the batch queue. For a gpu pipeline it is sent at
+    the highest priority, like every aggregate, so a gpu prediction never waits behind cpu work
+    to start (and cpu predictions are not held back by a gpu prediction still preparing).
+    """
     prediction = Prediction.objects.select_related("pipeline").filter(pk=prediction_id).first()
-    if prediction is None or prediction.is_final:
+    if prediction is None or prediction.is_final or (prediction.pipeline.batch_queue or CPU) != queue:
         return [], False
-    batch_queue = prediction.pipeline.batch_queue or CPU
     runs = list(prediction.runs.exclude(status__in=[Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
                 .order_by("pk").values("pk", "status", "batch_count", "batches_sent", "aggregate_dispatched"))
     steps: list[Step] = []
     more = False
-    if queue == CPU:
-        preparing = sum(1 for r in runs if r["status"] == Status.RUNNING and r["batch_count"] is None)
-        # The next slide's prepare first: it takes one slot and makes the next batches, ready by
-        # the time this slide's are done.
-        for r in runs:
-            if r["status"] != Status.QUEUED:
-                continue
-            if preparing >= PREPARING_PER_PREDICTION or len(steps) >= limit:
-                # Only a cpu pipeline's prepares hold back the cpu predictions behind it: a gpu
-                # pipeline's slides are prepared as cpu slots come free, without blocking.
-                more = more or batch_queue == CPU
-                break
-            steps.append(Step("prepare", prediction_id, r["pk"]))
-            preparing += 1
-    if queue == batch_queue:
-        for r in runs:
-            if r["status"] == Status.QUEUED or r["batch_count"] is None:
-                more = True          # its batches are not known yet
-                continue
-            if r["aggregate_dispatched"]:
-                continue
-            for index in range(r["batches_sent"], r["batch_count"]):
-                if len(steps) >= limit:
-                    return steps, True
-                steps.append(Step("batch", prediction_id, r["pk"], index, queue))
-    return steps[:limit], more or len(steps) > limit
+    preparing = sum(1 for r in runs if r["status"] == Status.RUNNING and r["batch_count"] is None)
+    # The next slide's prepare first: it takes one slot and makes the next batches, ready by the
+    # time this slide's are done.
+    for r in runs:
+        if r["status"] != Status.QUEUED:
+            continue
+        if preparing >= PREPARING_PER_PREDICTION or len(steps) >= limit:
+            more = True
+            break
+        steps.append(Step("prepare", prediction_id, r["pk"], queue=queue))
+        preparing += 1
+    for r in runs:
+        if r["status"] == Status.QUEUED or r["batch_count"] is None:
+            more = True          # its batches are not known yet
+            continue
+        if r["aggregate_dispatched"]:
+            continue
+        for index in range(r["batches_sent"], r["batch_count"]):
+            if len(steps) >= limit:
+                return steps, True
+            steps.append(Step("batch", prediction_id, r["pk"], index, queue))
+    return steps, more
 
 
 # -- sending ---------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
         chosen: list[tuple[Step, int]] = []
         for entry, _ in active_in_run_order():
             steps, more_later = next_steps(entry.pk, queue, free - len(chosen))
-            chosen.extend((step, _priority(entry)) for step in steps)
+            chosen.extend((step, _priority(entry, step)) for step in steps)
             if more_later or len(chosen) >= free:
                 break   # the predictions behind this one wait until it has sent all its work
         for step, _ in chosen:
@@ -193,18 +197,22 @@ def dispatch_all(*, quick: bool = False) -> None:
             log.exception("could not dispatch the %s queue", queue)
 
 
-def _priority(entry: Entry) -> int:
+def _priority(entry: Entry, step: Step) -> int:
+    if step.kind == "prepare" and step.queue != CPU:
+        return MAX_PRIORITY      # on a cpu worker for another queue's prediction: see next_steps
     return PRIORITY_URGENT if entry.urgent else PRIORITY_NORMAL
 
 
 def _record(step: Step) -> None:
     now = timezone.now()
     if step.kind == "prepare":
-        SlideRun.objects.filter(pk=step.run_id, status=Status.QUEUED).update(status=Status.RUNNING, started_at=now)
+        SlideRun.objects.filter(pk=step.run_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started_at=now, dispatched_at=now)
         Prediction.objects.filter(pk=step.prediction_id, status=Status.QUEUED).update(
             status=Status.RUNNING, started_at=now)
     else:
-        SlideRun.objects.filter(pk=step.run_id, batches_sent=step.index).update(batches_sent=step.index + 1)
+        SlideRun.objects.filter(pk=step.run_id, batches_sent=step.index).update(
+            batches_sent=step.index + 1, dispatched_at=now)
 
 
 def _undo(step: Step) -> None:
@@ -231,6 +239,42 @@ def _publish(chosen: list[tuple[Step, int]], quick: bool) -> None:
             for failed, _ in reversed(chosen[position:]):
                 _undo(failed)
             return
+
+
+def send_unsent(*, older_than: timedelta = timedelta(seconds=60)) -> list[str]:
+    """Send the steps recorded as sent that never reached the broker; returns their task ids.
+
+    A dispatcher killed between its commit and its publish (its worker SIGKILLed, the machine
+    gone) leaves steps counted in the window that no worker will ever run. Every step sent has
+    a task row from the moment it is published (task_records.record_sent), so a step recorded
+    more than `older_than` ago without one was never sent: it is sent now, under its own task id
+    (steps are idempotent, so one that did go out after all costs a no-op). Run by beat every
+    minute (maintenance.resend_queued).
+    """
+    from django_celery_results.models import TaskResult
+
+    from .engine import publish   # engine imports this module
+
+    cutoff = timezone.now() - older_than
+    steps = []
+    runs = (SlideRun.objects.filter(status=Status.RUNNING, prediction__status=Status.RUNNING,
+                                    dispatched_at__lt=cutoff)
+            .annotate(done=Count("batches")).select_related("prediction__pipeline"))
+    for run in runs:
+        queue = run.prediction.pipeline.batch_queue or CPU
+        if run.batch_count is None:
+            steps.append(Step("prepare", run.prediction_id, run.pk, queue=queue))
+        elif run.done < run.batches_sent:
+            done = set(run.batches.values_list("index", flat=True))
+            steps += [Step("batch", run.prediction_id, run.pk, i, queue) for i in range(run.batches_sent)
+                      if i not in done]
+    recorded = set(TaskResult.objects.filter(task_id__in=[s.task_id for s in steps]).values_list("task_id", flat=True))
+    unsent = [s for s in steps if s.task_id not in recorded]
+    for step in unsent:
+        log.warning("step %s was counted as sent but never reached the broker; sending it now", step.task_id)
+        priority = MAX_PRIORITY if step.kind == "prepare" and step.queue != CPU else PRIORITY_NORMAL
+        publish(step.task_name, step.args, task_id=step.task_id, priority=priority)
+    return [s.task_id for s in unsent]
 
 
 # -- workers reporting themselves -------------------------------------------------------------

@@ -7,7 +7,8 @@
   ids); after STUCK_PREDICTION_MAX_REQUEUES such attempts without progress its unfinished
   slides fail with a reason;
 - resend_queued: a prediction still queued whose start message never reached the broker (no
-  task row, see engine.send_start) or was lost, is sent again.
+  task row, see engine.send_start) or was lost, is sent again; so is a step the dispatcher
+  counted as sent that never reached the broker (dispatch.send_unsent).
 
 All of it is safe to run twice or concurrently with the work itself: every step it sends is
 idempotent (engine.py), so a message sent again that turns out not to be lost costs a no-op.
@@ -212,5 +213,9 @@ def resend_queued(*, now=None, older_than: timedelta | None = None, stale_after:
             engine.send_start(prediction)
         resent.append(prediction.pk)
         log.warning("prediction %s was still queued with its start message lost; sent again", prediction.pk)
+    try:
+        dispatch.send_unsent()
+    except Exception:  # noqa: BLE001  (the broker away: the next minute tries again)
+        log.warning("could not send the steps counted as sent", exc_info=True)
     dispatch.dispatch_all()
     return resent

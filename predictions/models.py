@@ -309,6 +309,7 @@ class SlideRun(models.Model):
     # known once prepare has run, and how many of them have been sent, in index order.
     batch_count = models.PositiveIntegerField(null=True, blank=True)
     batches_sent = models.PositiveIntegerField(default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)   # when a step of it was last recorded as sent
     timings = models.JSONField(default=dict, blank=True)  # step -> seconds
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -106,3 +106,33 @@ def test_order_holds_after_a_worker_is_killed_mid_queue(workers, pipelines, make
     ends = [p.finished_at for p in submitted]
     assert ends == sorted(ends)
     assert submitted[2].started_at >= submitted[0].finished_at
+
+
+def test_a_step_counted_as_sent_but_never_sent_is_sent_by_the_minute_check(workers, pipelines, make_slide, alice,
+                                                                          monkeypatch):
+    """A dispatcher that dies between its commit and its publish leaves a step in the window
+    that no worker will run; the every-minute maintenance finds it (no task row) and sends it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from predictions import maintenance
+
+    slide = make_slide(CMU_SLIDE)
+    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # the message is lost
+    prediction = submit(slide, pipelines["ihc-dab"], alice)
+    run = prediction.runs.get()
+    run.refresh_from_db()
+    assert run.status == Status.RUNNING and run.dispatched_at is not None   # counted as sent
+    time.sleep(3)
+    run.refresh_from_db()
+    assert run.batch_count is None, "the prepare never reached a worker"
+    monkeypatch.undo()
+    # Fresh records are left alone (the publish may be a moment behind its commit)...
+    maintenance.resend_queued()
+    run.refresh_from_db()
+    assert run.batch_count is None
+    # ...a minute later the step is sent again, and the prediction runs to its end.
+    type(run).objects.filter(pk=run.pk).update(dispatched_at=timezone.now() - timedelta(minutes=2))
+    maintenance.resend_queued()
+    finished(prediction)

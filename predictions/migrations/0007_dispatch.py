@@ -53,5 +53,10 @@ class Migration(migrations.Migration):
             name='batches_sent',
             field=models.PositiveIntegerField(default=0),
         ),
+        migrations.AddField(
+            model_name='sliderun',
+            name='dispatched_at',
+            field=models.DateTimeField(blank=True, null=True),
+        ),
         migrations.RunPython(lock_rows_and_sent_batches, migrations.RunPython.noop),
     ]
