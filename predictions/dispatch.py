@@ -38,13 +38,13 @@ from datetime import timedelta
 from celery import signals
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, PRIORITY_URGENT, QUEUE_NAMES
 
 from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
-from .run_order import Entry, run_order
+from .run_order import Entry, run_order, turn_after
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,23 @@ def active_in_run_order() -> list[tuple[Entry, int]]:
     """Every queued or running prediction (all labs) in run order, with its pipeline row's id;
     plain values, so ordering a queue of thousands stays cheap. The queue pages use it too."""
     rows = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
-            .values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at", "pipeline_id"))
+            .values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at", "turn",
+                         "pipeline_id"))
     pipeline_of = {}
     entries = []
-    for pk, lab, priority, status, created, started, pipeline_id in rows:
+    for pk, lab, priority, status, created, started, turn, pipeline_id in rows:
         entries.append(Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING,
-                             created, started))
+                             created, started, turn))
         pipeline_of[pk] = pipeline_id
     return [(e, pipeline_of[e.pk]) for e in run_order(entries)]
+
+
+def new_turn(lab_id: int) -> int:
+    """The turn of a prediction `lab_id` submits now (run_order.turn_after)."""
+    served = (Prediction.objects.exclude(started_at=None).exclude(priority=Prediction.Priority.URGENT)
+              .aggregate(t=Max("turn"))["t"] or 0)
+    lab_last = Prediction.objects.filter(experiment__lab_id=lab_id).aggregate(t=Max("turn"))["t"] or 0
+    return turn_after(served, lab_last)
 
 
 def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], bool]:

@@ -99,6 +99,7 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             priority=priority, trigger=trigger, triggered_by=user, schedule_name=schedule_name,
             rerun_of=rerun_of, model_sha256=model.sha256 if model else "",
             software_version=settings.HISTOIA_VERSION, total_units=2 * len(slides),
+            turn=dispatch.new_turn(experiment.lab_id),
         )
         SlideRun.objects.bulk_create([
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,

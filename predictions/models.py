@@ -197,6 +197,8 @@ class Prediction(models.Model):
     params = models.JSONField(default=dict)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    # The round it runs in among the labs' waiting work, fixed at submit (predictions/run_order.py).
+    turn = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
 
     trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.USER)

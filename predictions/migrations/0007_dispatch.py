@@ -58,5 +58,10 @@ class Migration(migrations.Migration):
             name='dispatched_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
+        migrations.AddField(
+            model_name='prediction',
+            name='turn',
+            field=models.PositiveIntegerField(default=0),
+        ),
         migrations.RunPython(lock_rows_and_sent_batches, migrations.RunPython.noop),
     ]
