@@ -41,7 +41,7 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, PRIORITY_URGENT, QUEUE_NAMES
+from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
 
 from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
 from .run_order import Entry, run_order, turn_after
@@ -183,13 +183,13 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
         free = window(queue) - in_flight(queue)
         if free <= 0:
             return 0
-        chosen: list[tuple[Step, int]] = []
+        chosen: list[Step] = []
         for entry, _ in active_in_run_order():
             steps, more_later = next_steps(entry.pk, queue, free - len(chosen))
-            chosen.extend((step, _priority(entry, step)) for step in steps)
+            chosen.extend(steps)
             if more_later or len(chosen) >= free:
                 break   # the predictions behind this one wait until it has sent all its work
-        for step, _ in chosen:
+        for step in chosen:
             _record(step)
         if chosen:
             transaction.on_commit(lambda: _publish(chosen, quick))
@@ -206,10 +206,13 @@ def dispatch_all(*, quick: bool = False) -> None:
             log.exception("could not dispatch the %s queue", queue)
 
 
-def _priority(entry: Entry, step: Step) -> int:
+def _priority(step: Step) -> int:
+    """The message priority of a dispatched step. Urgency is not one of them: the dispatcher has
+    already put urgent work first, and a broker that honours priorities (RabbitMQ) would otherwise
+    let an urgent prediction's steps overtake those of the prediction started before it."""
     if step.kind == "prepare" and step.queue != CPU:
         return MAX_PRIORITY      # on a cpu worker for another queue's prediction: see next_steps
-    return PRIORITY_URGENT if entry.urgent else PRIORITY_NORMAL
+    return PRIORITY_NORMAL
 
 
 def _record(step: Step) -> None:
@@ -236,16 +239,16 @@ def _undo(step: Step) -> None:
         SlideRun.objects.filter(pk=step.run_id, batches_sent__gt=step.index).update(batches_sent=step.index)
 
 
-def _publish(chosen: list[tuple[Step, int]], quick: bool) -> None:
+def _publish(chosen: list[Step], quick: bool) -> None:
     from .engine import publish   # engine imports this module
 
-    for position, (step, priority) in enumerate(chosen):
+    for position, step in enumerate(chosen):
         try:
-            publish(step.task_name, step.args, task_id=step.task_id, priority=priority, quick=quick)
+            publish(step.task_name, step.args, task_id=step.task_id, priority=_priority(step), quick=quick)
         except Exception:
             log.warning("could not send %s; it will be sent again", step.task_id, exc_info=True)
             # In reverse, so each slide run's batch counter ends at its first unsent batch.
-            for failed, _ in reversed(chosen[position:]):
+            for failed in reversed(chosen[position:]):
                 _undo(failed)
             return
 
@@ -281,8 +284,7 @@ def send_unsent(*, older_than: timedelta = timedelta(seconds=60)) -> list[str]:
     unsent = [s for s in steps if s.task_id not in recorded]
     for step in unsent:
         log.warning("step %s was counted as sent but never reached the broker; sending it now", step.task_id)
-        priority = MAX_PRIORITY if step.kind == "prepare" and step.queue != CPU else PRIORITY_NORMAL
-        publish(step.task_name, step.args, task_id=step.task_id, priority=priority)
+        publish(step.task_name, step.args, task_id=step.task_id, priority=_priority(step))
     return [s.task_id for s in unsent]
 
 
