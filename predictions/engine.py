@@ -16,7 +16,6 @@ The tasks in tasks.py are thin wrappers around these functions. The rules they k
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from django.utils import timezone
 from experiments.slide_files import SlideFileError, SlideReader
 
 from histoia.queues import MAX_PRIORITY
+from histoia.spreadsheet import dict_writer
 
 from . import detections, dispatch
 from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
@@ -397,7 +397,7 @@ def tile_table_csv(code, plan: Plan, rows: list[dict]) -> str:
     out = io.StringIO()
     records = code.tile_records(plan, rows)
     fields = list(records[0]) if records else ["tile", "row", "col", "x", "y", "size_px", "tissue_fraction"]
-    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    writer = dict_writer(out, fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
     return out.getvalue()

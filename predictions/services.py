@@ -12,13 +12,13 @@ the input at fault for the API's field errors.
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass
 
 from django.core.files import File
 
 from experiments.models import Slide
+from histoia.spreadsheet import csv_writer
 
 from . import engine
 from .models import Prediction, SlideRun
@@ -82,7 +82,7 @@ class FiguresTable:
     def csv(self) -> str:
         """One row per slide: slide, slide_sha256, status, error, then each figure ("" when none)."""
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv_writer(out)
         writer.writerow(["slide", "slide_sha256", "status", "error", *self.names])
         for run in self.runs:
             writer.writerow([run.slide.original_name, run.slide_sha256, run.status, run.error,
