@@ -1,7 +1,12 @@
-"""Pieces shared by the REST API of both apps: pagination, error types, the CSV renderer."""
+"""Pieces shared by the REST API of both apps: pagination, error types, the JSON parser, the
+error handler, the CSV renderer."""
 
-from rest_framework import status
-from rest_framework.exceptions import APIException
+import io
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from rest_framework import parsers, status, views
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.renderers import BaseRenderer
 
@@ -25,6 +30,30 @@ class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The upload is larger than the server accepts."
     default_code = "too_large"
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, bounded: a body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 413, and one
+    nested deeper than the decoder can follow (e.g. 2,000 `[`) a 400, both as JSON errors
+    instead of the server's own error page or a 500."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = stream.read(limit + 1) if limit else stream.read()
+        if limit and len(body) > limit:
+            raise PayloadTooLarge(f"The JSON body is larger than the {limit} bytes the server accepts.")
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - the body is nested too deeply.") from None
+
+
+def exception_handler(exc, context):
+    """DRF's handler, and Django's "request body too large" as the API's 413 (JSON), not the
+    server's HTML error page."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge("The request body is larger than the server accepts.")
+    return views.exception_handler(exc, context)
 
 
 class CSVRenderer(BaseRenderer):

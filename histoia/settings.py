@@ -163,6 +163,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "histoia.api.Pagination",
+    # Bounded JSON (size, nesting) and a JSON 413 for a body over the size limit.
+    "DEFAULT_PARSER_CLASSES": ["histoia.api.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
+    "EXCEPTION_HANDLER": "histoia.api.exception_handler",
     "PAGE_SIZE": 25,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "histoia.api_schema.AutoSchema",

@@ -91,12 +91,20 @@ def history(request):
     })
 
 
+def _id_param(request, name) -> int:
+    """A prediction id from the query string; not a number is "not found", never a 500."""
+    raw = request.GET.get(name, "")
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):   # also within a 64-bit id
+        raise Http404(f"?{name}= must be a prediction id")
+    return int(raw)
+
+
 @require_GET
 def compare(request):
     """Two predictions of one experiment side by side, per slide, with their differences."""
     visible = Prediction.objects.for_user(request.user).select_related("experiment", "pipeline", "model")
-    a = get_object_or_404(visible, pk=request.GET.get("a") or 0)
-    b = get_object_or_404(visible, pk=request.GET.get("b") or 0)
+    a = get_object_or_404(visible, pk=_id_param(request, "a"))
+    b = get_object_or_404(visible, pk=_id_param(request, "b"))
     if a.experiment_id != b.experiment_id:
         messages.error(request, "Only predictions of the same experiment can be compared.")
         return redirect(a)
