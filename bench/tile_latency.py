@@ -108,7 +108,8 @@ def prepare_app(work: Path, slides: dict[str, Path]) -> tuple[str, dict[str, dic
     from experiments.tasks import validate_slide
 
     call_command("migrate", verbosity=0, interactive=False)
-    user = get_user_model().objects.create_user("bench", password="bench-password-not-secret")
+    # Staff: only staff get the view's X-Tile-Cache and Server-Timing headers this bench reads.
+    user = get_user_model().objects.create_user("bench", password="bench-password-not-secret", is_staff=True)
     lab = Lab.objects.create(name="Bench lab")
     lab.members.add(user)
     experiment = Experiment.objects.create(name="Tile latency", lab=lab, created_by=user)

@@ -131,31 +131,33 @@ def clear_open() -> None:
 
 
 class TileCache:
-    """JPEG tiles on disk: <root>/<slide sha256>/<variant>/<level>/<col>_<row>.jpeg.
+    """JPEG tiles on disk: <root>/<key>/<variant>/<level>/<col>_<row>.jpeg.
 
-    Keyed by the slide file's checksum, so a slide's tiles are computed once whoever looks at it
-    (the views check lab membership before they reach the cache), and a different file under
-    the same slide never gets old tiles. Writes are atomic (temporary file, then rename), so
-    concurrent requests for one tile never read half a file.
+    The viewer keys a slide's tiles by the slide and its file's checksum ("<slide id>-<sha256>"):
+    a slide's tiles are computed once whoever of its lab looks at it (the views check lab
+    membership before they reach the cache), a different file under the same slide never gets
+    old tiles, and two labs holding the same file never share tiles (a cache hit's speed would
+    tell one lab that the other looked there). Writes are atomic (temporary file, then rename),
+    so concurrent requests for one tile never read half a file.
     """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def path(self, sha256: str, level: int, col: int, row: int) -> Path:
-        if not sha256.isalnum():
-            raise ValueError("bad checksum")
-        return self.root / sha256 / CACHE_VARIANT / str(level) / f"{col}_{row}.{FORMAT}"
+    def path(self, key: str, level: int, col: int, row: int) -> Path:
+        if not key.replace("-", "").isalnum():
+            raise ValueError("bad cache key")
+        return self.root / key / CACHE_VARIANT / str(level) / f"{col}_{row}.{FORMAT}"
 
-    def get(self, sha256: str, level: int, col: int, row: int) -> bytes | None:
+    def get(self, key: str, level: int, col: int, row: int) -> bytes | None:
         try:
-            with open(self.path(sha256, level, col, row), "rb") as fh:
+            with open(self.path(key, level, col, row), "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
 
-    def put(self, sha256: str, level: int, col: int, row: int, data: bytes) -> None:
-        target = self.path(sha256, level, col, row)
+    def put(self, key: str, level: int, col: int, row: int, data: bytes) -> None:
+        target = self.path(key, level, col, row)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tile-")
         try:
@@ -170,11 +172,11 @@ class TileCache:
             raise
 
 
-def cached_tile(cache: TileCache, slide_path: str | Path, sha256: str, level: int, col: int, row: int) -> tuple[bytes, bool]:
-    """(JPEG bytes, whether they came from the cache)."""
-    data = cache.get(sha256, level, col, row)
+def cached_tile(cache: TileCache, slide_path: str | Path, key: str, level: int, col: int, row: int) -> tuple[bytes, bool]:
+    """(JPEG bytes, whether they came from the cache); `key` names the slide's tiles in the cache."""
+    data = cache.get(key, level, col, row)
     if data is not None:
         return data, True
     data = pyramid(slide_path).tile_jpeg(level, col, row)
-    cache.put(sha256, level, col, row, data)
+    cache.put(key, level, col, row, data)
     return data, False

@@ -96,15 +96,20 @@ def slide_tile(request, pk, level, col, row):
     else:
         cache = _cache(str(tile_cache_dir()))
         try:
-            data, hit = deepzoom.cached_tile(cache, path, sha256, level, col, row)
+            # Keyed by slide, not by file content alone: two labs holding the same file never
+            # share cached tiles, so a hit's speed cannot tell one lab that another viewed it.
+            data, hit = deepzoom.cached_tile(cache, path, f"{pk}-{sha256}", level, col, row)
         except deepzoom.TileNotFound as exc:
             raise Http404("No such tile.") from exc
         except deepzoom.SlideUnreadable as exc:
             raise Http404("The slide file cannot be read any more.") from exc
         response = HttpResponse(data, content_type="image/jpeg")
-        response["X-Tile-Cache"] = "hit" if hit else "miss"
+        if request.user.is_staff:
+            response["X-Tile-Cache"] = "hit" if hit else "miss"
     response["ETag"] = etag
     response["Cache-Control"] = f"private, max-age={TILE_MAX_AGE}"
-    # Time spent in this view (lab check, cache or slide), for the browser's devtools and the bench.
-    response["Server-Timing"] = f"tile;dur={(time.perf_counter() - started) * 1000:.1f}"
+    if request.user.is_staff:
+        # For staff only (devtools, bench/tile_latency.py): time spent in this view (lab check,
+        # cache or slide). Users get no cache status or timing to learn anything from.
+        response["Server-Timing"] = f"tile;dur={(time.perf_counter() - started) * 1000:.1f}"
     return response

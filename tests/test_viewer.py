@@ -72,16 +72,41 @@ def test_cached_tile_returns_identical_bytes(alice_client, cmu, tile_cache):
     levels = deepzoom.pyramid(cmu.file.path).level_count
     url = tile_url(cmu, levels - 2, 1, 1)
     first = alice_client.get(url)
-    assert first["X-Tile-Cache"] == "miss"
     cached = list(tile_cache.rglob("*.jpeg"))
     assert len(cached) == 1 and cmu.sha256 in str(cached[0])
+    written = cached[0].stat().st_mtime_ns
     deepzoom.clear_open()  # a cache hit must not need the slide open
     second = alice_client.get(url)
-    assert second["X-Tile-Cache"] == "hit"
     assert second.content == first.content
+    assert cached[0].stat().st_mtime_ns == written   # served from the cache, not made again
     assert second["ETag"] == first["ETag"]
     # The browser's revalidation costs nothing.
     assert alice_client.get(url, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+    # A user learns nothing from cache status or timing headers; staff see both (devtools, bench).
+    assert "X-Tile-Cache" not in second and "Server-Timing" not in second
+
+
+def test_staff_see_the_cache_status_and_the_time_in_the_view(client, lab_a, cmu, tile_cache):
+    from tests.factories import MemberFactory
+
+    client.force_login(MemberFactory(lab=lab_a, is_staff=True))
+    url = tile_url(cmu, deepzoom.pyramid(cmu.file.path).level_count - 1, 0, 0)
+    first, second = client.get(url), client.get(url)
+    assert (first["X-Tile-Cache"], second["X-Tile-Cache"]) == ("miss", "hit")
+    assert second["Server-Timing"].startswith("tile;dur=")
+
+
+def test_two_labs_with_the_same_file_never_share_cached_tiles(alice_client, bob_client, bob, cmu, make_slide,
+                                                              tile_cache):
+    from tests.factories import ExperimentFactory
+
+    bobs = make_slide(CMU_SLIDE, exp=ExperimentFactory(lab=bob.labs.get(), created_by=bob))
+    assert bobs.sha256 == cmu.sha256
+    level = deepzoom.pyramid(cmu.file.path).level_count - 1
+    assert alice_client.get(tile_url(cmu, level, 0, 0)).status_code == 200
+    assert bob_client.get(tile_url(bobs, level, 0, 0)).status_code == 200
+    # Bob's tile was made from his own slide, not served from alice's cached one.
+    assert len(list(tile_cache.rglob("*.jpeg"))) == 2
 
 
 def test_another_lab_gets_404_on_page_dzi_and_tiles(alice_client, bob_client, cmu, tile_cache):
