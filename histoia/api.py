@@ -5,7 +5,7 @@ import io
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from rest_framework import parsers, status, views
+from rest_framework import parsers, status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.renderers import BaseRenderer
@@ -51,9 +51,11 @@ class JSONParser(parsers.JSONParser):
 def exception_handler(exc, context):
     """DRF's handler, and Django's "request body too large" as the API's 413 (JSON), not the
     server's HTML error page."""
+    from rest_framework.views import exception_handler as drf_handler   # it reads these settings
+
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge("The request body is larger than the server accepts.")
-    return views.exception_handler(exc, context)
+    return drf_handler(exc, context)
 
 
 class CSVRenderer(BaseRenderer):
