@@ -20,7 +20,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from histoia.api import Conflict, CSVRenderer
+from histoia.api import Conflict, CSVRenderer, Pagination
 from histoia.api_filters import IdFilter
 
 from . import monitoring, queueing, services
@@ -248,24 +248,33 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
 
 
 class QueueView(APIView):
-    """Queued and running predictions of your labs, in the order they run, with positions and ETAs."""
+    """Queued and running predictions of your labs, in the order they run, with positions and ETAs;
+    paged like every list (`?page=`, `?page_size=`)."""
 
     @extend_schema(summary="The queue: positions and estimated times", tags=["queue"],
                    responses={200: QueueSerializer})
     def get(self, request):
         context = {"request": request}
-        entries = queueing.waiting(request.user)
-        return Response({"count": len(entries), "results": [{
+        paginator = Pagination()
+        page = paginator.paginate_queryset(queueing.waiting(request.user, load=False), request, view=self)
+        return paginator.get_paginated_response([{
             "position": e["position"], "status": e["status"], "queue": e["queue"], "eta_seconds": e["eta_seconds"],
             "estimated_without_history": e["estimated_without_history"],
             "throughput": e["throughput"].as_dict(),
             "prediction": PredictionSerializer(e["prediction"], context=context).data,
-        } for e in entries]})
+        } for e in queueing.with_predictions(page)])
 
 
 class WorkersView(APIView):
-    """Live workers (asked with a 1 s timeout, cached 5 s) and the number of messages in each queue."""
+    """Live workers (asked with a 1 s timeout, cached 5 s) and the number of messages in each queue.
+
+    What each worker runs is listed by task name, as the dashboard shows it; the task ids and
+    arguments (which name other labs' work) are for staff only, as on the monitoring page."""
 
     @extend_schema(summary="Workers and queue depths", tags=["queue"], responses={200: WorkersSerializer})
     def get(self, request):
-        return Response(WorkersSerializer(monitoring.overview()).data)
+        overview = monitoring.overview()
+        if not request.user.is_staff:
+            overview = {**overview, "workers": [{**w, "active": [{"name": t.get("name")} for t in w["active"]]}
+                                                for w in overview["workers"]]}
+        return Response(WorkersSerializer(overview).data)

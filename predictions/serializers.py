@@ -287,6 +287,8 @@ class QueueEntrySerializer(serializers.Serializer):
 
 class QueueSerializer(serializers.Serializer):
     count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
     results = QueueEntrySerializer(many=True)
 
 

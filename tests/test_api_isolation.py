@@ -65,7 +65,7 @@ def test_another_labs_token_lists_nothing_of_lab_a(lab_a_objects, bob):
     # Filtering by lab A's ids does not reveal anything either.
     assert bob_api.get(f"{API}/predictions/", {"experiment": lab_a_objects["experiment"].pk}).json()["count"] == 0
     assert bob_api.get(f"{API}/slides/", {"experiment": lab_a_objects["experiment"].pk}).json()["count"] == 0
-    assert bob_api.get(f"{API}/queue/").json() == {"count": 0, "results": []}
+    assert bob_api.get(f"{API}/queue/").json() == {"count": 0, "next": None, "previous": None, "results": []}
 
 
 def test_another_labs_token_gets_404_on_every_verb(lab_a_objects, bob):

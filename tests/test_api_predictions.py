@@ -9,21 +9,13 @@ import pytest
 
 from predictions.pipelines.ihc_dab import IhcDab
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from experiments.models import Experiment, Slide
 from predictions import engine, queueing
 from predictions.models import BatchResult, Prediction, SlideRun, Status
-from tests.conftest import CMU_SLIDE, wait_for
+from tests.conftest import CMU_SLIDE, token_client, wait_final, wait_for
 
 API = "/api/v1"
-
-
-def token_client(user):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
 
 
 @pytest.fixture
@@ -121,6 +113,28 @@ def test_workers_endpoint_lists_the_live_workers_and_queue_depths(workers, alice
     assert set(queues) == {"cpu", "gpu"}
     assert all(isinstance(q["messages"], int) for q in queues.values())
     assert queues["cpu"]["workers"] >= 1 and queues["gpu"]["workers"] >= 1
+
+
+@pytest.mark.worker
+def test_what_workers_run_is_named_to_members_with_ids_and_arguments_for_staff_only(
+        workers, alice, alice_api, lab_a, pipelines, make_slide):
+    from django.core.cache import cache
+
+    from tests.factories import MemberFactory
+
+    staff_api = token_client(MemberFactory(lab=lab_a, is_staff=True))
+    slide = make_slide(CMU_SLIDE)
+    prediction = engine.submit(slide.experiment, pipelines["nuclei-density"], [slide], {"tile_size": 256}, user=alice)
+
+    def running_tasks(client):
+        cache.clear()
+        return [t for w in client.get(f"{API}/workers/").json()["workers"] for t in w["active"]]
+
+    seen = wait_for(lambda: running_tasks(staff_api), timeout=60, message="a task running on a worker")
+    assert {"id", "args"} <= set(seen[0])
+    member_view = wait_for(lambda: running_tasks(alice_api), timeout=60, message="a task running on a worker")
+    assert all(set(t) == {"name"} and t["name"].startswith("predictions.") for t in member_view)
+    wait_final(prediction)
 
 
 # -- without workers: nothing is committed, so nothing is sent to the broker -------------------------
@@ -365,6 +379,11 @@ def test_queue_order_positions_and_eta(api_setup, pipeline_rows, alice, bob, lab
     assert all(e["estimated_without_history"] for e in body["results"])
     assert "no history" in body["results"][0]["throughput"]["note"]
     assert [e["prediction"].pk for e in queueing.waiting(bob)] == [bobs.pk]
+    # Paged like every list; positions stay those of the whole queue.
+    first_page = api_setup["client"].get(f"{API}/queue/", {"page_size": 2}).json()
+    assert first_page["count"] == 3 and len(first_page["results"]) == 2 and first_page["next"]
+    second_page = api_setup["client"].get(first_page["next"]).json()
+    assert [(e["prediction"]["id"], e["position"]) for e in second_page["results"]] == [(first.pk, 3)]
 
     detail = api_setup["client"].get(f"{API}/predictions/{first.pk}/").json()
     assert detail["queue_position"] == 3 and detail["eta_seconds"] == etas[2]
