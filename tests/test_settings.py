@@ -39,3 +39,19 @@ def test_sqlite_defaults_allow_concurrent_writers(db):
     with connection.cursor() as cursor:
         assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert cursor.execute("PRAGMA busy_timeout").fetchone()[0] >= 30_000
+
+
+@pytest.mark.parametrize("behind_proxy, status", [(None, 301), ("1", 404)])
+def test_x_forwarded_proto_is_trusted_only_behind_a_declared_proxy(behind_proxy, status):
+    """Without BEHIND_TLS_PROXY, a client claiming https over plain http is still redirected to
+    https; with it (a proxy in front that sets the header), the claim is believed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "BEHIND_TLS_PROXY")}
+    env.update(DEBUG="0", SECRET_KEY="x" * 20 + "production-secret-" + "y" * 30, ALLOWED_HOSTS="testserver")
+    if behind_proxy:
+        env["BEHIND_TLS_PROXY"] = behind_proxy
+    code = ("from django.test import Client; "
+            "print(Client().get('/no-such-page/', HTTP_X_FORWARDED_PROTO='https').status_code)")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(status)
