@@ -190,7 +190,8 @@ def code_version() -> str:
 # -- the throw-away stack ----------------------------------------------------------------------
 class ValidationStack(benchstack.Stack):
     """benchstack's Stack with a database and a vhost of its own (a benchmark running at the same
-    time keeps its histoia_bench), and the generated folder as the lab share (SLIDE_IMPORT_ROOT)."""
+    time keeps its histoia_bench), and a throw-away share (SLIDE_IMPORT_ROOT) holding the validation
+    lab's folder."""
 
     DB_NAME = "histoia_validation"
     VHOST = "histoia-validation"
@@ -247,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     stack = ValidationStack(args.stack, keep=args.keep)
     try:
         t = time.monotonic()
-        cases = write_set(stack.share, args.fast, args.seed)
+        # The validation lab's own folder on the share (each lab imports from its own).
+        folder = stack.share / "validation-lab"
+        folder.mkdir()
+        cases = write_set(folder, args.fast, args.seed)
         report["generate_s"] = round(time.monotonic() - t, 1)
-        print(f"generated {len(cases)} slides in {stack.share} ({report['generate_s']} s)", flush=True)
+        print(f"generated {len(cases)} slides in {folder} ({report['generate_s']} s)", flush=True)
         stack.setup_django()
         report["stack_description"] = stack.description
         report["workers"] = [" ".join(stack.start_worker("cpu", benchstack.machine()["nproc"] or 1)[2:]),

@@ -5,9 +5,13 @@ from .models import Experiment, Lab, Slide, Stain
 
 @admin.register(Lab)
 class LabAdmin(admin.ModelAdmin):
-    list_display = ["name", "member_count", "experiment_count", "created_at"]
+    list_display = ["name", "member_count", "experiment_count", "import_folder_shown", "created_at"]
     search_fields = ["name", "members__username", "members__email"]
     filter_horizontal = ["members"]
+
+    @admin.display(description="import folder (under SLIDE_IMPORT_ROOT)")
+    def import_folder_shown(self, lab):
+        return lab.import_folder_name
 
     @admin.display(description="members")
     def member_count(self, lab):

@@ -4,8 +4,10 @@ import uuid
 from pathlib import PurePath
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
+from django.utils.text import slugify
 
 
 class Lab(models.Model):
@@ -13,6 +15,11 @@ class Lab(models.Model):
 
     name = models.CharField(max_length=120, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="labs", blank=True)
+    import_folder = models.CharField(
+        max_length=255, blank=True,
+        help_text="The folder under SLIDE_IMPORT_ROOT this lab lists and imports slides from, e.g. "
+                  "pathology/liver. Empty: a folder named after the lab (its name in lower case, "
+                  "words joined by -). A lab sees and imports nothing outside it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -20,6 +27,16 @@ class Lab(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def import_folder_name(self) -> str:
+        return self.import_folder.strip("/") or slugify(self.name)
+
+    def clean(self):
+        parts = self.import_folder.strip("/").split("/") if self.import_folder.strip("/") else []
+        if any(part in ("", ".", "..") for part in parts) or "\x00" in self.import_folder:
+            raise ValidationError({"import_folder": "A folder inside the share, e.g. pathology/liver "
+                                                    "(no .., no empty parts)."})
 
 
 class ExperimentQuerySet(models.QuerySet):

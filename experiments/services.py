@@ -40,13 +40,13 @@ def upload_slides(experiment: Experiment, files, user) -> list[Slide]:
 
 
 def import_slides(experiment: Experiment, paths, user) -> list[Slide]:
-    """One slide per path (relative to SLIDE_IMPORT_ROOT), copied in by the validation task.
+    """One slide per path (relative to the lab's import folder), copied in by the validation task.
 
     ImportPathError, and no slide at all, when any path is outside the share, missing or a
     name the file system cannot hold.
     """
     try:
-        resolved = [resolve_import_path(p) for p in paths]
+        resolved = [resolve_import_path(p, experiment.lab) for p in paths]
     except ImportPathError:
         raise
     except (OSError, ValueError) as exc:  # a name the file system cannot hold (too long, undecodable)
@@ -90,7 +90,7 @@ def add_import(experiment: Experiment, real_path: Path, user) -> Slide:
         experiment=experiment,
         original_name=display_name(real_path.name),
         source=Slide.Source.IMPORT,
-        import_path=str(real_path.relative_to(import_root())),
+        import_path=str(real_path.relative_to(import_root(experiment.lab))),
         uploaded_by=user,
         size_bytes=real_path.stat().st_size,
     )

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def _copy_import(slide: Slide) -> None:
     # Imports are copied into media storage: workers on other machines read the same copy, and
     # a later change on the lab's share cannot alter a slide that was already analysed.
-    source = resolve_import_path(slide.import_path)
+    source = resolve_import_path(slide.import_path, slide.experiment.lab)
     with open(source, "rb") as fh:
         slide.file.save(source.name, File(fh), save=False)
     Slide.objects.filter(pk=slide.pk).update(file=slide.file.name)

@@ -81,23 +81,45 @@ def display_name(name: str, max_length: int = 255) -> str:
 
 
 class ImportPathError(ValueError):
-    """An import path that is not a readable file inside SLIDE_IMPORT_ROOT."""
+    """An import path that is not a readable file inside the lab's import folder."""
 
 
-def import_root() -> Path | None:
-    root = settings.SLIDE_IMPORT_ROOT
-    return Path(root).resolve() if root else None
+NOT_ENABLED = "Importing is not enabled on this server (SLIDE_IMPORT_ROOT is not set)."
 
 
-def resolve_import_path(relative: str) -> Path:
-    """The real path of a file inside the import root, or ImportPathError.
+def import_enabled() -> bool:
+    return bool(settings.SLIDE_IMPORT_ROOT)
 
-    The path is resolved (following symlinks) before the check, so `..`, absolute paths and a
-    link that points outside the root are all refused the same way.
-    """
-    root = import_root()
+
+def import_root(lab) -> Path | None:
+    """The lab's own import folder: its folder under SLIDE_IMPORT_ROOT (Lab.import_folder_name),
+    resolved; None when importing is off. A lab lists and imports from here only."""
+    if not import_enabled():
+        return None
+    share = Path(settings.SLIDE_IMPORT_ROOT).resolve()
+    root = (share / lab.import_folder_name).resolve()
+    if not root.is_relative_to(share):     # an admin's folder that leads out of the share
+        raise ImportPathError("This lab's import folder is set outside the share; ask an admin to correct it.")
+    return root
+
+
+def _lab_root(lab) -> Path:
+    root = import_root(lab)
     if root is None:
-        raise ImportPathError("Importing is not enabled on this server (SLIDE_IMPORT_ROOT is not set).")
+        raise ImportPathError(NOT_ENABLED)
+    if not root.is_dir():
+        raise ImportPathError(f"This lab's import folder ({lab.import_folder_name}) does not exist on the share "
+                              "yet; ask an admin to create it.")
+    return root
+
+
+def resolve_import_path(relative: str, lab) -> Path:
+    """The real path of a file inside the lab's import folder, or ImportPathError.
+
+    The path is resolved (following symlinks) before the check, so `..`, absolute paths, another
+    lab's folder and a link that points outside the folder are all refused the same way.
+    """
+    root = _lab_root(lab)
     if not relative or "\x00" in relative:
         raise ImportPathError("No file was chosen.")
     try:
@@ -113,11 +135,11 @@ def resolve_import_path(relative: str) -> Path:
     return candidate
 
 
-def list_import_folder(relative: str = "") -> tuple[str, list[dict]]:
-    """Entries of one folder under the import root (folders first), for the import browser."""
-    root = import_root()
-    if root is None:
-        raise ImportPathError("Importing is not enabled on this server (SLIDE_IMPORT_ROOT is not set).")
+def list_import_folder(relative: str, lab) -> tuple[str, list[dict]]:
+    """Entries of one folder under the lab's import folder (folders first), for the import browser."""
+    root = _lab_root(lab)
+    if "\x00" in relative:
+        raise ImportPathError("That folder is outside the lab's import folder or does not exist.")
     folder = (root / relative.lstrip("/")).resolve()
     if not folder.is_relative_to(root) or not folder.is_dir():
         raise ImportPathError("That folder is outside the lab's import folder or does not exist.")

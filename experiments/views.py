@@ -56,7 +56,7 @@ def experiment_detail(request, pk):
         **_slide_table(experiment),
         "predictions": experiment.predictions.select_related("pipeline", "triggered_by")[:20],
         "max_upload": uploads.human_size(settings.SLIDE_UPLOAD_MAX_BYTES),
-        "import_enabled": uploads.import_root() is not None,
+        "import_enabled": uploads.import_enabled(),
     })
 
 
@@ -117,7 +117,7 @@ def slide_import(request, pk):
         return redirect(experiment)
     folder = request.GET.get("folder", "")
     try:
-        current, entries = uploads.list_import_folder(folder)
+        current, entries = uploads.list_import_folder(folder, experiment.lab)
         error = None
     except uploads.ImportPathError as exc:
         current, entries, error = folder, [], str(exc)

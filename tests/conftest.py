@@ -158,13 +158,16 @@ def media_root(settings, tmp_path_factory):
 
 
 @pytest.fixture
-def share(settings, tmp_path_factory):
-    """The lab's file share (SLIDE_IMPORT_ROOT), emptied for each test."""
+def share(settings, tmp_path_factory, lab_a):
+    """Lab A's import folder on the file share (SLIDE_IMPORT_ROOT/pathology-a), the share emptied
+    for each test."""
     root = session_dir(tmp_path_factory, "share")
     for entry in root.iterdir():
         entry.unlink() if entry.is_file() or entry.is_symlink() else shutil.rmtree(entry)
     settings.SLIDE_IMPORT_ROOT = str(root)
-    return root
+    folder = root / lab_a.import_folder_name
+    folder.mkdir()
+    return folder
 
 
 def _database_url_for_workers() -> str:

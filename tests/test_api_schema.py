@@ -137,5 +137,7 @@ def settings_override(settings, tmp_path):
     settings.SLIDE_UPLOAD_MAX_BYTES = 200_000
     share = tmp_path / "share"
     share.mkdir()
-    (share / "a.svs").write_bytes(b"not a slide")
+    for lab in ("pathology-a", "pathology-b"):   # each lab imports from its own folder
+        (share / lab).mkdir()
+        (share / lab / "a.svs").write_bytes(b"not a slide")
     settings.SLIDE_IMPORT_ROOT = str(share)

@@ -1,4 +1,5 @@
-"""Import from SLIDE_IMPORT_ROOT: copies the file in; anything outside the root is refused."""
+"""Import from the lab's own folder on the share (SLIDE_IMPORT_ROOT/<lab folder>): copies the file
+in; anything outside that folder (another lab's included) is refused and never listed."""
 
 import os
 
@@ -12,6 +13,9 @@ from tests.conftest import CMU_SLIDE, wait_for
 
 @pytest.fixture
 def lab_share(share, tmp_path):
+    other = share.parent / "pathology-b"      # lab B's folder, beside lab A's
+    other.mkdir()
+    (other / "their-case.svs").write_bytes(CMU_SLIDE.read_bytes())
     (share / "liver").mkdir()
     (share / "liver" / "case-01.svs").write_bytes(CMU_SLIDE.read_bytes())
     secret = tmp_path / "secret.svs"
@@ -23,10 +27,11 @@ def lab_share(share, tmp_path):
 
 @pytest.mark.parametrize("path", [
     "../secret.svs", "liver/../../secret.svs", "/etc/passwd", "escape.svs", "escape-dir/secret.svs",
+    "../pathology-b/their-case.svs",
 ])
-def test_paths_outside_the_root_are_refused(lab_share, path):
+def test_paths_outside_the_root_are_refused(lab_share, lab_a, path):
     with pytest.raises(ImportPathError, match="outside the lab's import folder"):
-        resolve_import_path(path)
+        resolve_import_path(path, lab_a)
 
 
 def test_refused_path_creates_nothing_and_says_why(lab_share, alice_client, experiment):
@@ -62,3 +67,36 @@ def test_an_unreadable_path_is_refused_with_a_message(lab_share, alice_client, e
     assert response.status_code == 200
     assert "does not exist in the import folder" in response.content.decode()
     assert not Slide.objects.exists()
+
+
+def test_a_lab_lists_and_imports_only_from_its_own_folder(lab_share, alice_client, bob_client, bob, experiment):
+    from tests.factories import ExperimentFactory
+
+    page = alice_client.get(reverse("experiments:import", args=[experiment.pk])).content.decode()
+    assert "liver" in page and "their-case.svs" not in page and "pathology-b" not in page
+    assert alice_client.get(reverse("experiments:import", args=[experiment.pk]) + "?folder=../pathology-b"
+                            ).status_code == 400
+    # Bob's lab sees its own folder, not alice's.
+    bobs = ExperimentFactory(lab=bob.labs.get(), created_by=bob)
+    page = bob_client.get(reverse("experiments:import", args=[bobs.pk])).content.decode()
+    assert "their-case.svs" in page and "liver" not in page
+
+
+def test_a_lab_without_its_folder_is_told_to_ask_an_admin(share, settings, alice_client, experiment):
+    lab = experiment.lab
+    lab.import_folder = "not/created/yet"
+    lab.save()
+    response = alice_client.get(reverse("experiments:import", args=[experiment.pk]))
+    assert response.status_code == 400
+    assert "does not exist on the share yet; ask an admin" in response.content.decode()
+
+
+def test_an_admin_sets_a_lab_folder_inside_the_share_only(lab_a):
+    from django.core.exceptions import ValidationError
+
+    lab_a.import_folder = "pathology/liver"
+    lab_a.full_clean()
+    for bad in ("../elsewhere", "pathology/../../etc", "a//b"):
+        lab_a.import_folder = bad
+        with pytest.raises(ValidationError):
+            lab_a.full_clean()
