@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "django_celery_beat",
     "django_htmx",
+    "axes",
     "experiments",
     "predictions",
 ]
@@ -54,6 +55,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "histoia.urls"
@@ -101,6 +104,17 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed logins are counted per user name and address (django-axes): after AXES_FAILURE_LIMIT
+# in a row that pair is locked out for AXES_COOLOFF_HOURS, and even the right password is
+# refused. Admins see and lift lockouts in the admin (Axes: access attempts; delete the row), or
+# with `manage.py axes_reset_username NAME`. A successful login resets the count.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "predictions:dashboard"
 LOGOUT_REDIRECT_URL = "login"
@@ -146,6 +160,10 @@ FILE_UPLOAD_HANDLERS = ["experiments.uploads.SlideSizeLimitHandler"]
 # client sent): without one, any client could claim https.
 BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# The client address of a login attempt (django-axes): X-Forwarded-For only from the proxy in
+# front (its last hop), else the connection's own address, so no client can pick a new one per try.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if BEHIND_TLS_PROXY else ["REMOTE_ADDR"]
+AXES_IPWARE_PROXY_COUNT = 1 if BEHIND_TLS_PROXY else None
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)

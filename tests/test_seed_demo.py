@@ -63,7 +63,9 @@ def test_seed_demo_makes_the_validation_experiment_once(client):
     assert "Validation experiment ready in" in output
 
     # What a new user opens: the experiment with its predictions, and a prediction's figures.
-    client.login(username="histologist", password=_password(output, "histologist"))
+    logged_in = client.post("/accounts/login/", {"username": "histologist",
+                                                 "password": _password(output, "histologist")})
+    assert logged_in.status_code == 302, "the printed password logs in"
     page = client.get(experiment.get_absolute_url())
     assert page.status_code == 200
     for prediction in predictions:
