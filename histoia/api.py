@@ -8,7 +8,9 @@ from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers, status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.renderers import BaseRenderer
+from rest_framework.throttling import UserRateThrottle
 
 
 class Pagination(PageNumberPagination):
@@ -46,6 +48,22 @@ class JSONParser(parsers.JSONParser):
             return super().parse(io.BytesIO(body), media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON parse error - the body is nested too deeply.") from None
+
+
+class _WriteThrottle(UserRateThrottle):
+    """Per user, writes only (submit, cancel, upload...): what costs the workers and the disk.
+    Reads (status polls, lists) are left alone; a 429 says how long to wait (Retry-After)."""
+
+    def allow_request(self, request, view):
+        return request.method in SAFE_METHODS or super().allow_request(request, view)
+
+
+class WriteBurstThrottle(_WriteThrottle):
+    scope = "write_burst"
+
+
+class WriteSustainedThrottle(_WriteThrottle):
+    scope = "write_sustained"
 
 
 def exception_handler(exc, context):

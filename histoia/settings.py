@@ -188,6 +188,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["histoia.api.JSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],
     "EXCEPTION_HANDLER": "histoia.api.exception_handler",
+    # API writes per user (histoia/api.py): a burst, and a sustained rate.
+    "DEFAULT_THROTTLE_CLASSES": ["histoia.api.WriteBurstThrottle", "histoia.api.WriteSustainedThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"write_burst": env("API_WRITE_THROTTLE_BURST", default="30/min"),
+                               "write_sustained": env("API_WRITE_THROTTLE_SUSTAINED", default="1000/hour")},
     "PAGE_SIZE": 25,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "histoia.api_schema.AutoSchema",
