@@ -271,6 +271,10 @@ STUCK_PREDICTION_MINUTES = env.int("STUCK_PREDICTION_MINUTES", default=15)
 STUCK_PREDICTION_MAX_REQUEUES = env.int("STUCK_PREDICTION_MAX_REQUEUES", default=3)
 # A queued prediction whose start message never reached the broker is sent again after this long.
 QUEUED_RESEND_AFTER_SECONDS = env.int("QUEUED_RESEND_AFTER_SECONDS", default=60)
+# Predictions queued or running at once, per user and per lab (0: no limit); a submit past
+# either is refused with a message (the API: 429).
+HISTOIA_MAX_ACTIVE_PER_USER = env.int("HISTOIA_MAX_ACTIVE_PER_USER", default=100)
+HISTOIA_MAX_ACTIVE_PER_LAB = env.int("HISTOIA_MAX_ACTIVE_PER_LAB", default=300)
 # The dispatcher (predictions/dispatch.py) keeps, per queue, as many steps in the broker as the
 # queue's worker processes can run plus this many ready to start: enough that no process waits
 # for its next step, few enough that the queue's order is the order of execution.

@@ -158,7 +158,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                     "workers. Poll `status_url` for progress. 400 with field errors for an unknown pipeline, a "
                     "bad parameter or a slide that is not ready.",
         request=PredictionCreateSerializer,
-        responses={202: PredictionDetailSerializer, 400: FIELD_ERRORS},
+        responses={202: PredictionDetailSerializer, 400: FIELD_ERRORS, 429: FIELD_ERRORS},
         examples=[SUBMIT_EXAMPLE, ACCEPTED_EXAMPLE, BAD_PARAM_EXAMPLE],
     )
     def create(self, request, *args, **kwargs):
@@ -170,7 +170,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
                                                     data["params"], user=request.user,
                                                     trigger=Prediction.Trigger.API, priority=data["priority"])
         except services.SubmitError as exc:
-            return Response({exc.field or "non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+            return _refused(exc)
         return self._accepted(prediction)
 
     @extend_schema(summary="Cancel a queued or running prediction", tags=["predictions"], request=None,
@@ -188,13 +188,14 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         return Response(PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data)
 
     @extend_schema(summary="Re-run a prediction (same pipeline, slides and parameters)", tags=["predictions"],
-                   request=None, responses={202: PredictionDetailSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND})
+                   request=None, responses={202: PredictionDetailSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND,
+                   429: FIELD_ERRORS})
     @action(detail=True, methods=["post"])
     def rerun(self, request, pk=None):
         try:
             new = services.rerun_prediction(self.get_object(), request.user)
         except services.SubmitError as exc:
-            return Response({exc.field or "non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+            return _refused(exc)
         return self._accepted(new)
 
     @extend_schema(summary="Figures per slide, as JSON", tags=["results"],
@@ -245,6 +246,12 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
             raise Http404("This slide has no tile table (yet).")
         opened, filename = table
         return FileResponse(opened, content_type="text/csv", as_attachment=True, filename=filename)
+
+
+def _refused(exc) -> Response:
+    """A submit the user must correct (400, on the field at fault), or one over a quota (429)."""
+    code = status.HTTP_429_TOO_MANY_REQUESTS if isinstance(exc, services.QuotaExceeded) else status.HTTP_400_BAD_REQUEST
+    return Response({exc.field or "non_field_errors": [str(exc)]}, status=code)
 
 
 class QueueView(APIView):

@@ -60,12 +60,31 @@ class SubmitError(ValueError):
         self.field = field
 
 
+class QuotaExceeded(SubmitError):
+    """A user or lab already has as many predictions queued or running as the settings allow
+    (HISTOIA_MAX_ACTIVE_PER_USER, HISTOIA_MAX_ACTIVE_PER_LAB): the API answers 429."""
+
+
+def check_quota(experiment, user) -> None:
+    """QuotaExceeded, saying what to do, when this submit would pass the user's or the lab's cap."""
+    active = Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
+    limit = settings.HISTOIA_MAX_ACTIVE_PER_USER
+    if user is not None and limit and active.filter(triggered_by=user).count() >= limit:
+        raise QuotaExceeded(f"You already have {limit} predictions queued or running, the most one user may "
+                            "have at once: wait for some to end, or cancel some, then submit again.")
+    limit = settings.HISTOIA_MAX_ACTIVE_PER_LAB
+    if limit and active.filter(experiment__lab_id=experiment.lab_id).count() >= limit:
+        raise QuotaExceeded(f"Your lab already has {limit} predictions queued or running, the most one lab may "
+                            "have at once: wait for some to end, or ask an admin to raise the limit.")
+
+
 # -- submit -------------------------------------------------------------------------------------
 def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=Prediction.Trigger.USER,
            priority=Prediction.Priority.NORMAL, schedule_name="", rerun_of=None) -> Prediction:
     """Create a queued prediction and send its one start message after commit."""
     if not pipeline_row.enabled or not pipeline_row.installed:
         raise SubmitError(f"The pipeline {pipeline_row} is disabled.", "pipeline")
+    check_quota(experiment, user)
     code = pipeline_row.code
     try:
         parsed = code.parse_params(params)

@@ -24,6 +24,7 @@ from . import engine
 from .models import Prediction, SlideRun
 
 SubmitError = engine.SubmitError
+QuotaExceeded = engine.QuotaExceeded
 CancelError = engine.CancelError
 
 
@@ -56,7 +57,7 @@ def rerun_prediction(old: Prediction, user) -> Prediction:
         return engine.submit(old.experiment, old.pipeline, slides, old.params, user=user,
                              trigger=Prediction.Trigger.RERUN, priority=old.priority, rerun_of=old)
     except SubmitError as exc:
-        raise SubmitError(f"Could not re-run: {exc}", exc.field) from exc
+        raise type(exc)(f"Could not re-run: {exc}", exc.field) from exc   # a quota stays a quota
 
 
 def cancel_prediction(prediction: Prediction, user) -> None:
