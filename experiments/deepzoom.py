@@ -24,6 +24,8 @@ import openslide
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
+from .slide_files import MAX_REGION_PIXELS
+
 TILE_SIZE = 254          # + 2 x OVERLAP = 256 px per tile as sent
 OVERLAP = 1
 FORMAT = "jpeg"
@@ -60,7 +62,9 @@ class SlidePyramid:
             self.slide = openslide.OpenSlide(path)
             self._lock = None                 # libopenslide reads regions from several threads
         else:
-            with Image.open(path) as image:   # plain image, already validated (size bounded)
+            # A plain image, checked when added: at most MAX_REGION_PIXELS (larger ones were
+            # converted to pyramids), so decoding it whole stays within the cap.
+            with Image.open(path) as image:
                 self.slide = openslide.ImageSlide(image.convert("RGB"))
             self._lock = threading.Lock()     # one PIL image shared between request threads
         self.dz = DeepZoomGenerator(self.slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
@@ -89,6 +93,11 @@ class SlidePyramid:
         cols, rows = self.dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise TileNotFound(f"no tile {col}_{row} at level {level}")
+        _, slide_level, size = self.dz.get_tile_coordinates(level, (col, row))
+        if size[0] * size[1] > MAX_REGION_PIXELS:
+            # A file without a usable pyramid (added before files were converted on import):
+            # this zoomed-out tile would decode more than the cap, so it is not made at all.
+            raise TileNotFound(f"tile {level}/{col}_{row} would read {size[0]} x {size[1]} px of level {slide_level}")
         try:
             if self._lock is None:
                 tile = self.dz.get_tile(level, (col, row))

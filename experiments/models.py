@@ -141,6 +141,8 @@ class Slide(models.Model):
     thumbnail = models.ImageField(upload_to=thumbnail_path, max_length=300, blank=True)
     stain = models.CharField(max_length=10, choices=Stain.choices, default=Stain.UNKNOWN, blank=True,
                              help_text="Leave empty to use the experiment's stain.")
+    conversion = models.TextField(blank=True, help_text="How the stored file was made from the one the lab "
+                                                        "gave, when it had no pyramid and was converted.")
 
     created_at = models.DateTimeField(auto_now_add=True)
     validated_at = models.DateTimeField(null=True, blank=True)

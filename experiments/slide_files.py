@@ -8,7 +8,9 @@ lab member understands; the technical cause is kept as __cause__ for the logs.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +18,19 @@ import numpy as np
 import openslide
 from PIL import Image
 
-# A plain (non-pyramidal) image is decoded whole into memory; beyond this many pixels it should
-# be converted to a tiled, pyramidal format first.
-MAX_PLAIN_IMAGE_PIXELS = 200_000_000
+# Memory is bounded by design, whatever the file says: no read decodes more than this many pixels
+# at once (16 Mpx: 64 MB as RGBA). Pipelines read tiles; whole-slide views (thumbnail, tissue
+# mask) read a pyramid level in bands of at most this size. A file with no level small enough to
+# read that way (a single-level tiled TIFF, a large PNG or JPEG) is converted into a pyramidal
+# tiled TIFF when it is checked (experiments/pyramids.py); until then it is not read at all.
+MAX_REGION_PIXELS = 16_000_000
 # Declared dimensions above this are refused before anything is decoded (a hostile header).
 MAX_DECLARED_PIXELS = 250_000 * 250_000
+
+# Pillow decodes plain images whole, so it may never open one above the region cap: it warns past
+# MAX_IMAGE_PIXELS and raises DecompressionBombError past twice that. Larger plain images are
+# measured and converted by libvips instead, which streams them.
+Image.MAX_IMAGE_PIXELS = MAX_REGION_PIXELS
 
 # Plain image formats Pillow reads, by file name ending.
 PLAIN_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
@@ -44,6 +54,10 @@ class SlideFileError(Exception):
     """A slide that cannot be used; str(error) is shown to the user as it is."""
 
 
+class NeedsPyramid(SlideFileError):
+    """The file has no level small enough to read within MAX_REGION_PIXELS: convert it first."""
+
+
 @dataclass(frozen=True)
 class SlideInfo:
     vendor: str
@@ -60,6 +74,21 @@ def sha256_of(path: str | Path, chunk_size: int = 4 * 1024 * 1024) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# libvips loader names for the plain formats Pillow also reads.
+_VIPS_LOADERS = {"pngload": "png", "jpegload": "jpeg", "tiffload": "tiff"}
+
+
+def _plain_header(path: Path) -> tuple[int, int, str]:
+    """(width, height, format) of a plain image too large for Pillow, from its header alone."""
+    import pyvips  # only for images too large for Pillow; libvips starts threads when loaded
+
+    try:
+        image = pyvips.Image.new_from_file(str(path), access="sequential")
+        return image.width, image.height, _VIPS_LOADERS.get(image.get("vips-loader"), "image")
+    except pyvips.Error as exc:
+        raise SlideFileError("The image is damaged and cannot be decoded (it may be truncated).") from exc
 
 
 def _float_or_none(value) -> float | None:
@@ -83,6 +112,7 @@ class SlideReader:
             raise SlideFileError("The file is empty (0 bytes): the upload or copy did not complete.")
         self._slide = None
         self._image: Image.Image | None = None
+        self._plain_format = ""
         try:
             fmt = openslide.OpenSlide.detect_format(str(self.path))
         except openslide.OpenSlideError:
@@ -126,14 +156,16 @@ class SlideReader:
 
     def _open_pillow(self) -> None:
         try:
-            image = Image.open(self.path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # measured below
+                image = Image.open(self.path)
             width, height = image.size
             fmt = (image.format or "image").lower()
-        except Image.DecompressionBombError as exc:
-            declared = re.search(r"\((\d+) pixels\)", str(exc))
-            amount = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than any real slide"
-            raise SlideFileError(f"The image declares {amount}, far more than a plain image slide can have; "
-                                 "it is refused. (Large slides must be tiled, pyramidal files.)") from exc
+        except Image.DecompressionBombError:
+            # Too large for Pillow to decode whole: measure it with libvips, which reads only
+            # the header here and streams the pixels when the slide is converted.
+            image = None
+            width, height, fmt = _plain_header(self.path)
         except (OSError, SyntaxError, ValueError) as exc:
             raise SlideFileError(DAMAGED_TIFF if self._looks_like_tiff() else UNREADABLE) from exc
         if fmt not in ("png", "jpeg", "tiff"):
@@ -145,11 +177,18 @@ class SlideReader:
                 f"This file is a {fmt.upper()} image but its name ends in “{self.path.suffix}”. "
                 f"If it is the image you meant, rename it to .{'jpg' if fmt == 'jpeg' else fmt} and upload it again."
             )
-        if width * height > MAX_PLAIN_IMAGE_PIXELS:
-            raise SlideFileError(
-                f"This {fmt.upper()} image is {width:,} x {height:,} pixels and not tiled; "
-                "convert it to a tiled, pyramidal TIFF (e.g. with vips) before importing."
-            )
+        if width * height > MAX_DECLARED_PIXELS:
+            raise SlideFileError(f"The image declares {width:,} x {height:,} pixels, more than any real slide; "
+                                 "it is refused.")
+        # Plain images carry no reliable pixel size (DPI is a print setting), so mpp stays unknown.
+        self.info = SlideInfo(fmt, width, height, 1, None, None)
+        self.level_dimensions = ((width, height),)
+        self.level_downsamples = (1.0,)
+        self._plain_format = fmt
+        if self.needs_pyramid:
+            if image is not None:
+                image.close()
+            return  # never decoded: it is converted, or refused, by the caller
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
@@ -157,10 +196,18 @@ class SlideReader:
                 "The image is damaged and cannot be decoded (it may be truncated)."
             ) from exc
         self._image = image.convert("RGB")
-        # Plain images carry no reliable pixel size (DPI is a print setting), so mpp stays unknown.
-        self.info = SlideInfo(fmt, width, height, 1, None, None)
-        self.level_dimensions = ((width, height),)
-        self.level_downsamples = (1.0,)
+
+    @property
+    def needs_pyramid(self) -> bool:
+        """True when no level of the file can be read whole within MAX_REGION_PIXELS."""
+        width, height = self.level_dimensions[-1]
+        return width * height > MAX_REGION_PIXELS
+
+    def describe(self) -> str:
+        """What the file is, in a few words, e.g. "a single-level TIFF of 20,000 x 20,000 px"."""
+        kind = self._plain_format.upper() or self.info.vendor
+        levels = "single-level " if self.info.level_count == 1 else f"{self.info.level_count}-level "
+        return f"a {levels}{kind} of {self.info.width:,} x {self.info.height:,} px"
 
     def _looks_like_tiff(self) -> bool:
         # SVS, NDPI, SCN, Philips and generic slides are TIFF inside; a broken one still starts so.
@@ -180,7 +227,17 @@ class SlideReader:
         return best
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 array (h, w, 3); transparent or out-of-slide pixels come back white."""
+        """RGB uint8 array (h, w, 3); transparent or out-of-slide pixels come back white.
+
+        At most MAX_REGION_PIXELS at once: a larger request is a caller's mistake, refused before
+        anything is decoded.
+        """
+        w, h = size
+        if w * h > MAX_REGION_PIXELS:
+            raise ValueError(f"a region of {w} x {h} px is more than MAX_REGION_PIXELS; read it in parts")
+        if self.needs_pyramid:
+            raise NeedsPyramid(f"This slide is {self.describe()} with no smaller level; it must be converted "
+                               "to a pyramidal TIFF before it can be read.")
         if self._slide is not None:
             try:
                 region = self._slide.read_region(location, level, size)
@@ -193,7 +250,6 @@ class SlideReader:
         # Past the image's edge is glass (white), as OpenSlide's transparent pixels are made
         # above: Pillow's crop would pad with black, i.e. the darkest possible tissue.
         x, y = location
-        w, h = size
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, self.info.width), min(y + h, self.info.height)
@@ -204,26 +260,36 @@ class SlideReader:
     def read_downsampled(self, downsample: float) -> tuple[np.ndarray, float]:
         """The whole slide at roughly 1/downsample scale, and the exact scale used.
 
-        Reads the nearest pyramid level at or below the wanted scale and resizes it, so the
-        cost stays bounded for slides of any size.
+        Reads the nearest pyramid level at or below the wanted scale and resizes it. A level
+        larger than MAX_REGION_PIXELS is read and resized in bands of rows, each band resized
+        over exactly its share of the output, so memory stays bounded for a slide of any size.
         """
         level = self.best_level_for_downsample(downsample)
         lw, lh = self.level_dimensions[level]
         target = (max(1, round(self.info.width / downsample)), max(1, round(self.info.height / downsample)))
-        region = self.read_region((0, 0), level, (lw, lh))
-        if (lw, lh) != target:
-            region = np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BOX))
-        return region, self.info.width / target[0]
+        if lw * lh <= MAX_REGION_PIXELS:
+            region = self.read_region((0, 0), level, (lw, lh))
+            if (lw, lh) != target:
+                region = np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BOX))
+            return region, self.info.width / target[0]
+        tw, th = target
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        scale = lh / th                                  # level rows per output row
+        band_rows = max(1, int(MAX_REGION_PIXELS // lw / scale))  # output rows per band
+        ds = self.level_downsamples[level]
+        for ty0 in range(0, th, band_rows):
+            ty1 = min(th, ty0 + band_rows)
+            y0, y1 = math.floor(ty0 * scale), min(lh, math.ceil(ty1 * scale))
+            band = self.read_region((0, round(y0 * ds)), level, (lw, y1 - y0))
+            box = (0.0, ty0 * scale - y0, float(lw), ty1 * scale - y0)
+            out[ty0:ty1] = np.asarray(Image.fromarray(band).resize((tw, ty1 - ty0), Image.Resampling.BOX, box=box))
+        return out, self.info.width / tw
 
     def thumbnail(self, max_size: int = 512) -> Image.Image:
-        if self._slide is not None:
-            try:
-                return self._slide.get_thumbnail((max_size, max_size)).convert("RGB")
-            except openslide.OpenSlideError as exc:
-                raise SlideFileError(f"The slide could not be rendered (damaged file): {exc}") from exc
-        image = self._image.copy()
-        image.thumbnail((max_size, max_size))
-        return image
+        """The whole slide, its longer side max_size px, read within the region cap."""
+        downsample = max(self.info.width, self.info.height) / max_size
+        region, _ = self.read_downsampled(max(downsample, 1.0))
+        return Image.fromarray(region)
 
     def close(self) -> None:
         if self._slide is not None:

@@ -5,12 +5,14 @@ Task names are <app>.<queue>.<task> (histoia/queues.py): histoia/celery.py route
 
 import io
 import logging
+from pathlib import Path
 
 from celery import shared_task
 from django.core.files.base import ContentFile, File
 from django.utils import timezone
 
 from .models import Slide
+from .pyramids import MAX_CONVERT_PIXELS, convert_to_pyramid
 from .slide_files import SlideFileError, SlideReader, sha256_of
 from .uploads import ImportPathError, resolve_import_path
 
@@ -36,6 +38,9 @@ def validate_slide(slide_id: int) -> str:
         if slide.source == Slide.Source.IMPORT and not slide.file:
             _copy_import(slide)
         path = slide.file.path
+        with SlideReader(path) as reader:
+            if reader.needs_pyramid:
+                path = _convert(slide, reader)
         with SlideReader(path) as reader:
             info = reader.info
             thumbnail = reader.thumbnail(512)
@@ -67,6 +72,33 @@ def validate_slide(slide_id: int) -> str:
 # wait in the cpu queue: a worker that knows the name checks those slides instead of dropping
 # the messages as unregistered. Nothing sends it any more; it can go once no such message is left.
 validate_slide_before_rename = shared_task(name="experiments.validate_slide")(validate_slide.run)
+
+
+def _convert(slide: Slide, reader: SlideReader) -> str:
+    """Replace the stored file by a pyramidal copy (experiments/pyramids.py); its new path.
+
+    Safe to repeat: the copy is written beside the original, then the row points at it, and
+    only then is the original removed, so a worker killed at any point leaves a readable file
+    the row points at, and the next check converts again.
+    """
+    info = reader.info
+    if info.width * info.height > MAX_CONVERT_PIXELS:
+        raise SlideFileError(
+            f"This slide is {reader.describe()} with no smaller level (no pyramid). Histo-IA converts such "
+            f"files up to {MAX_CONVERT_PIXELS / 1e6:,.0f} Mpx; convert this one to a pyramidal tiled TIFF "
+            "with the scanner's software (or: vips tiffsave in.tif out.tif --tile --pyramid) and add it again.")
+    original = Path(slide.file.path)
+    original_digest = sha256_of(original)
+    target = original.with_name(original.stem + ("-pyramid" if original.suffix.lower() in (".tif", ".tiff") else "") + ".tiff")
+    convert_to_pyramid(original, target, info.mpp)
+    note = (f"Converted when checked from {reader.describe()} without a pyramid (sha256 {original_digest}) "
+            "into a pyramidal tiled TIFF, lossless; the original file was then removed.")
+    name = str(Path(slide.file.name).with_name(target.name))
+    Slide.objects.filter(pk=slide.pk).update(file=name, conversion=note)
+    slide.file.name, slide.conversion = name, note
+    original.unlink(missing_ok=True)
+    log.info("slide %s converted to a pyramid: %s", slide.pk, name)
+    return str(target)
 
 
 def _mark_invalid(slide: Slide, message: str) -> str:
