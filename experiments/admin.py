@@ -1,13 +1,32 @@
 from django.contrib import admin
+from django.template.defaultfilters import filesizeformat
 
 from .models import Experiment, Lab, Slide, Stain
 
 
 @admin.register(Lab)
 class LabAdmin(admin.ModelAdmin):
-    list_display = ["name", "member_count", "experiment_count", "import_folder_shown", "created_at"]
+    list_display = ["name", "member_count", "manager_count", "experiment_count", "storage", "import_folder_shown",
+                    "created_at"]
     search_fields = ["name", "members__username", "members__email"]
-    filter_horizontal = ["members"]
+    filter_horizontal = ["members", "managers"]
+    fields = ["name", "members", "managers", "storage_quota_gb", "storage", "import_folder"]
+    readonly_fields = ["storage"]
+
+    @admin.display(description="storage used")
+    def storage(self, lab):
+        used, quota = lab.storage_used(), lab.storage_quota_bytes
+        shown = filesizeformat(used)
+        return f"{shown} of {filesizeformat(quota)} ({100 * used / quota:.0f} %)" if quota else f"{shown} (no quota)"
+
+    @admin.display(description="managers")
+    def manager_count(self, lab):
+        return lab.managers.count()
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # A manager is a member who may do more: one who is not a member yet becomes one.
+        form.instance.members.add(*form.instance.managers.all())
 
     @admin.display(description="import folder (under SLIDE_IMPORT_ROOT)")
     def import_folder_shown(self, lab):

@@ -23,6 +23,17 @@ from .models import Experiment, Lab, Slide
 from .serializers import ExperimentSerializer, SlideImportSerializer, SlideSerializer, SlideUploadSerializer
 
 NOT_FOUND = OpenApiResponse(description="Not found, or not in one of your labs.")
+NOT_A_MANAGER = OpenApiResponse(description="Only the lab's managers (and staff) may delete.")
+BUSY = OpenApiResponse(description="Work is still queued or running on it: `detail` says which; cancel or wait.")
+
+
+def _delete(delete, obj, user) -> Response:
+    """One answer for both deletions: 204, or 409 with the reason while work is in progress."""
+    try:
+        delete(obj, user)
+    except services.DeleteRefused as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    return Response(status=status.HTTP_204_NO_CONTENT)
 FIELD_ERRORS = OpenApiResponse(description="Field errors: `{\"field\": [\"message\", ...]}`.")
 
 
@@ -59,12 +70,17 @@ class SlideFilter(filters.FilterSet):
     ),
     partial_update=extend_schema(summary="Rename, describe or declare the stain of an experiment", tags=["experiments"],
                                  responses={200: ExperimentSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND}),
+    destroy=extend_schema(summary="Delete an experiment, its slides, their files and its results (lab managers)",
+                          tags=["experiments"], responses={204: None, 403: NOT_A_MANAGER, 404: NOT_FOUND, 409: BUSY}),
 )
 class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
                         mixins.UpdateModelMixin, viewsets.GenericViewSet):
     serializer_class = ExperimentSerializer
     filterset_class = ExperimentFilter
-    http_method_names = ["get", "post", "patch", "head", "options"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def destroy(self, request, pk=None):
+        return _delete(services.delete_experiment, self.get_object(), request.user)
 
     def get_queryset(self):
         return (services.experiments_with_counts(self.request.user).select_related("lab", "created_by")
@@ -113,7 +129,10 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         if not files:
             return Response({"files": ["Choose at least one slide file to upload (multipart field “files”)."]},
                             status=status.HTTP_400_BAD_REQUEST)
-        slides = services.upload_slides(experiment, files, request.user)
+        try:
+            slides = services.upload_slides(experiment, files, request.user)
+        except services.StorageQuotaExceeded as exc:
+            return Response({"files": [f"Nothing was stored: {exc}"]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
                         status=status.HTTP_201_CREATED)
 
@@ -133,7 +152,7 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         serializer.is_valid(raise_exception=True)
         try:
             slides = services.import_slides(experiment, serializer.validated_data["paths"], request.user)
-        except uploads.ImportPathError as exc:
+        except (uploads.ImportPathError, services.StorageQuotaExceeded) as exc:
             return Response({"paths": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(SlideSerializer(slides, many=True, context={"request": request}).data,
                         status=status.HTTP_201_CREATED)
@@ -150,12 +169,20 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         responses={200: SlideSerializer, 400: FIELD_ERRORS, 404: NOT_FOUND},
         examples=[OpenApiExample("IHC slide", request_only=True, value={"stain": "hdab"})],
     ),
+    destroy=extend_schema(
+        summary="Delete a slide and its file (lab managers)", tags=["slides"],
+        description="The file, thumbnail and viewer tiles are removed. A slide that results were computed from "
+                    "stays listed with status `deleted`, so those results keep their provenance.",
+        responses={204: None, 403: NOT_A_MANAGER, 404: NOT_FOUND, 409: BUSY}),
 )
 class SlideViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
                    viewsets.GenericViewSet):
     serializer_class = SlideSerializer
     filterset_class = SlideFilter
-    http_method_names = ["get", "patch", "head", "options"]
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def destroy(self, request, pk=None):
+        return _delete(services.delete_slide, self.get_object(), request.user)
 
     def filter_queryset(self, queryset):
         # Filters apply to the listing only, never to finding one object.

@@ -15,6 +15,14 @@ class Lab(models.Model):
 
     name = models.CharField(max_length=120, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="labs", blank=True)
+    managers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, related_name="managed_labs", blank=True,
+        help_text="Members who may also mark work urgent and delete slides and experiments (they are "
+                  "made members when saved). Staff may do all of this in every lab.")
+    storage_quota_gb = models.PositiveIntegerField(
+        "storage quota (GB)", null=True, blank=True,
+        help_text="The most slide files this lab may store. Empty: the server's default "
+                  "(HISTOIA_LAB_STORAGE_QUOTA_GB); 0: no limit.")
     import_folder = models.CharField(
         max_length=255, blank=True,
         help_text="The folder under SLIDE_IMPORT_ROOT this lab lists and imports slides from, e.g. "
@@ -27,6 +35,22 @@ class Lab(models.Model):
 
     def __str__(self):
         return self.name
+
+    def is_manager(self, user) -> bool:
+        """Whether `user` may mark this lab's work urgent and delete its slides and experiments."""
+        return user.is_staff or (user.is_authenticated and self.managers.filter(pk=user.pk).exists())
+
+    @property
+    def storage_quota_bytes(self) -> int:
+        """The lab's storage quota in bytes; 0 means no limit."""
+        gb = self.storage_quota_gb if self.storage_quota_gb is not None else settings.HISTOIA_LAB_STORAGE_QUOTA_GB
+        return gb * 1024 ** 3
+
+    def storage_used(self) -> int:
+        """Bytes of slide files the lab stores now (deleted slides' files are gone)."""
+        used = Slide.objects.filter(experiment__lab=self).exclude(status=SlideStatus.DELETED).aggregate(
+            total=models.Sum("size_bytes"))["total"]
+        return used or 0
 
     @property
     def import_folder_name(self) -> str:
@@ -95,11 +119,13 @@ def thumbnail_path(slide, filename):
 
 
 class SlideStatus(models.TextChoices):
-    """Where a slide is: pending until a worker has checked its file, then ready or invalid."""
+    """Where a slide is: pending until a worker has checked its file, then ready or invalid;
+    deleted once a lab manager removed its file while results computed from it were kept."""
 
     PENDING = "pending", "Pending"
     READY = "ready", "Ready"
     INVALID = "invalid", "Invalid"
+    DELETED = "deleted", "Deleted"
 
 
 class SlideQuerySet(models.QuerySet):
@@ -146,6 +172,10 @@ class Slide(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     validated_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     objects = SlideQuerySet.as_manager()
 

@@ -100,7 +100,7 @@ class SlideSerializer(serializers.ModelSerializer):
         fields = ["id", "url", "experiment", "original_name", "source", "import_path", "status", "error", "sha256",
                   "size_bytes", "vendor", "width", "height", "level_count", "mpp", "mpp_missing",
                   "objective_power", "stain", "effective_stain", "thumbnail_url", "uploaded_by", "created_at",
-                  "validated_at", "conversion"]
+                  "validated_at", "conversion", "deleted_at"]
         read_only_fields = [f for f in fields if f != "stain"]
 
     @extend_schema_field(OpenApiTypes.URI)

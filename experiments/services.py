@@ -1,21 +1,36 @@
 """What people do with an experiment's slides, one function per use case: upload files, import
-them from the lab's file share, add a file from this machine (manage.py analyse), and list the
-experiments with their slide counts.
+them from the lab's file share, add a file from this machine (manage.py analyse), list the
+experiments with their slide counts, and delete slides and experiments (lab managers).
 
 The pages (views.py), the REST API (api.py) and the commands call these and only turn their
 answers into a page, a JSON response or a line on a terminal. Each new slide is checked on a
 worker, sent after commit.
 """
 
+import shutil
 from pathlib import Path
 
+from django.core.exceptions import PermissionDenied
 from django.core.files import File
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, ProtectedError, Q
+from django.utils import timezone
 
-from .models import Experiment, Slide
+from . import dependents
+from .models import Experiment, Lab, Slide
 from .slide_files import sha256_of
-from .uploads import ImportPathError, clean_file_name, display_name, import_root, resolve_import_path
+from .uploads import ImportPathError, clean_file_name, display_name, human_size, import_root, resolve_import_path
+
+
+class StorageQuotaExceeded(ValueError):
+    """The files would take the lab past its storage quota; str(exc) says what to do (API: 400)."""
+
+
+class DeleteRefused(ValueError):
+    """Not now: work is still queued or running on the slides (API: 409)."""
+
+
+NOT_A_MANAGER = "Only the lab's managers (and staff) may delete slides and experiments."
 
 
 def _validate_after_commit(slide: Slide) -> None:
@@ -33,8 +48,22 @@ def experiments_with_counts(user):
     )
 
 
+def check_storage(lab: Lab, incoming: int) -> None:
+    """StorageQuotaExceeded when `incoming` more bytes would take the lab past its quota."""
+    quota = lab.storage_quota_bytes
+    if not quota:
+        return
+    used = lab.storage_used()
+    if used + incoming > quota:
+        raise StorageQuotaExceeded(
+            f"{lab.name} stores {human_size(used)} of its {human_size(quota)} quota; these files "
+            f"({human_size(incoming)}) would pass it. A lab manager can delete slides that are no longer "
+            "needed, or an admin can raise the lab's quota.")
+
+
 def upload_slides(experiment: Experiment, files, user) -> list[Slide]:
     """One slide per uploaded file; all of them or, if storing one fails, none."""
+    check_storage(experiment.lab, sum(f.size for f in files))
     with transaction.atomic():
         return [add_upload(experiment, f, user) for f in files]
 
@@ -51,6 +80,7 @@ def import_slides(experiment: Experiment, paths, user) -> list[Slide]:
         raise
     except (OSError, ValueError) as exc:  # a name the file system cannot hold (too long, undecodable)
         raise ImportPathError("That file does not exist in the import folder.") from exc
+    check_storage(experiment.lab, sum(real.stat().st_size for real in resolved))
     with transaction.atomic():
         return [add_import(experiment, real, user) for real in resolved]
 
@@ -96,3 +126,64 @@ def add_import(experiment: Experiment, real_path: Path, user) -> Slide:
     )
     _validate_after_commit(slide)
     return slide
+
+
+# -- deleting (lab managers) --------------------------------------------------------------------
+def _check_manager(lab: Lab, user) -> None:
+    if not lab.is_manager(user):
+        raise PermissionDenied(NOT_A_MANAGER)
+
+
+def _check_idle(slides) -> None:
+    reasons = dependents.reasons_to_wait(slides)
+    if reasons:
+        raise DeleteRefused(" ".join(reasons))
+
+
+def _remove_files(slide: Slide) -> None:
+    """The slide's file, thumbnail and cached viewer tiles, removed once the deletion commits
+    (a rolled-back deletion must still find them)."""
+    from .viewer import tile_cache_dir
+
+    for field in (slide.file, slide.thumbnail):
+        if field:
+            storage, name = field.storage, field.name
+            transaction.on_commit(lambda storage=storage, name=name: storage.delete(name))
+    tiles = tile_cache_dir() / f"{slide.pk}-{slide.sha256}"
+    transaction.on_commit(lambda: shutil.rmtree(tiles, ignore_errors=True))
+
+
+def delete_slide(slide: Slide, user) -> str:
+    """Remove a slide and its file; "deleted" or "kept" (see below). Lab managers and staff only.
+
+    A slide that results were computed from stays as a row with status "deleted": its file and
+    thumbnail are removed (that is the storage), while its name, checksum, size and who deleted it
+    when stay, so those results remain readable with their provenance. A slide no result refers
+    to goes entirely. DeleteRefused while work on it is queued or running.
+    """
+    _check_manager(slide.experiment.lab, user)
+    with transaction.atomic():
+        slide = Slide.objects.select_for_update().get(pk=slide.pk)
+        _check_idle(Slide.objects.filter(pk=slide.pk))
+        _remove_files(slide)
+        try:
+            with transaction.atomic():
+                slide.delete()
+            return "deleted"
+        except ProtectedError:   # results refer to it (SlideRun.slide is PROTECT)
+            Slide.objects.filter(pk=slide.pk).update(
+                status=Slide.Status.DELETED, file="", thumbnail="", deleted_at=timezone.now(), deleted_by=user)
+            return "kept"
+
+
+def delete_experiment(experiment: Experiment, user) -> None:
+    """Remove an experiment with its slides, their files, and every prediction and result of it.
+    Lab managers and staff only; DeleteRefused while work on it is queued or running."""
+    _check_manager(experiment.lab, user)
+    with transaction.atomic():
+        experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+        _check_idle(experiment.slides.all())
+        dependents.clean_up(experiment)
+        for slide in experiment.slides.all():
+            _remove_files(slide)
+        experiment.delete()

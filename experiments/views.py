@@ -3,6 +3,7 @@ objects do not exist for this user (404), they are not merely forbidden."""
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_protect
@@ -13,12 +14,20 @@ from .forms import ExperimentForm, SlideStainForm
 from .models import Experiment, Lab, Slide, Stain
 
 
+def storage_of(lab: Lab) -> dict:
+    """What the pages show of a lab's storage: used and quota (bytes; quota 0 = no limit)."""
+    used, quota = lab.storage_used(), lab.storage_quota_bytes
+    return {"lab": lab, "used": used, "quota": quota, "percent": round(100 * used / quota) if quota else None}
+
+
 @require_GET
 def experiment_list(request):
     experiments = services.experiments_with_counts(request.user).select_related("lab", "created_by")
+    labs = Lab.objects.filter(members=request.user)
     return render(request, "experiments/list.html", {
         "experiments": experiments,
-        "has_lab": Lab.objects.filter(members=request.user).exists(),
+        "has_lab": labs.exists(),
+        "storage": [storage_of(lab) for lab in labs],
     })
 
 
@@ -53,10 +62,12 @@ def experiment_edit(request, pk):
 def experiment_detail(request, pk):
     experiment = _experiment(request, pk)
     return render(request, "experiments/detail.html", {
-        **_slide_table(experiment),
+        **_slide_table(experiment, request),
         "predictions": experiment.predictions.select_related("pipeline", "triggered_by")[:20],
         "max_upload": uploads.human_size(settings.SLIDE_UPLOAD_MAX_BYTES),
         "import_enabled": uploads.import_enabled(),
+        "storage": storage_of(experiment.lab),
+        "is_manager": experiment.lab.is_manager(request.user),
     })
 
 
@@ -64,10 +75,10 @@ def experiment_detail(request, pk):
 def experiment_slides(request, pk):
     """The slide table alone, polled by the experiment page while slides are pending."""
     experiment = _experiment(request, pk)
-    return render(request, "experiments/_slides.html", _slide_table(experiment))
+    return render(request, "experiments/_slides.html", _slide_table(experiment, request))
 
 
-def _slide_table(experiment):
+def _slide_table(experiment, request):
     slides = list(experiment.slides.all())
     for slide in slides:
         # What the table shows: the stain pipelines will use, and where it comes from.
@@ -78,6 +89,7 @@ def _slide_table(experiment):
     return {
         "experiment": experiment,
         "slides": slides,
+        "is_manager": experiment.lab.is_manager(request.user),
         "any_pending": any(s.status == Slide.Status.PENDING for s in slides),
     }
 
@@ -95,7 +107,11 @@ def slide_upload(request, pk):
     if not files:
         messages.error(request, "Choose at least one slide file to upload.")
         return redirect(experiment)
-    slides = services.upload_slides(experiment, files, request.user)
+    try:
+        slides = services.upload_slides(experiment, files, request.user)
+    except services.StorageQuotaExceeded as exc:
+        messages.error(request, f"Nothing was stored: {exc}")
+        return redirect(experiment)
     names = ", ".join(s.original_name for s in slides)
     messages.success(request, f"Uploaded {names}. Each slide is now being checked; this page updates by itself.")
     return redirect(experiment)
@@ -110,7 +126,7 @@ def slide_import(request, pk):
             return redirect("experiments:import", pk=experiment.pk)
         try:
             slides = services.import_slides(experiment, paths, request.user)
-        except uploads.ImportPathError as exc:
+        except (uploads.ImportPathError, services.StorageQuotaExceeded) as exc:
             messages.error(request, str(exc))
             return redirect("experiments:import", pk=experiment.pk)
         messages.success(request, f"Importing {len(slides)} slide(s); each is copied in and checked in the background.")
@@ -151,3 +167,53 @@ def slide_thumbnail(request, pk):
     if not slide.thumbnail:
         raise Http404("This slide has no thumbnail yet.")
     return FileResponse(slide.thumbnail.open("rb"), content_type="image/png")
+
+
+def _confirm_delete(request, lab, context):
+    if not lab.is_manager(request.user):
+        raise PermissionDenied(services.NOT_A_MANAGER)
+    return render(request, "experiments/confirm_delete.html", context)
+
+
+def experiment_delete(request, pk):
+    """GET: what deleting the experiment removes; POST: delete it (lab managers and staff)."""
+    experiment = _experiment(request, pk)
+    if request.method == "POST":
+        try:
+            services.delete_experiment(experiment, request.user)
+        except services.DeleteRefused as exc:
+            messages.error(request, f"Not deleted: {exc}")
+            return redirect(experiment)
+        messages.success(request, f"Experiment “{experiment.name}” deleted, with its slides and results.")
+        return redirect("experiments:list")
+    slides = experiment.slides.exclude(status=Slide.Status.DELETED)
+    return _confirm_delete(request, experiment.lab, {
+        "experiment": experiment, "what": f"the experiment “{experiment.name}”",
+        "consequences": [
+            f"its {slides.count()} slide(s) and their files ({uploads.human_size(sum(s.size_bytes or 0 for s in slides))})",
+            f"its {experiment.predictions.count()} prediction(s), with every figure, table and overlay computed",
+        ],
+        "cancel_url": experiment.get_absolute_url(),
+    })
+
+
+def slide_delete(request, pk):
+    """GET: what deleting the slide removes; POST: delete it (lab managers and staff)."""
+    slide = get_object_or_404(Slide.objects.for_user(request.user).select_related("experiment__lab"), pk=pk)
+    experiment = slide.experiment
+    if request.method == "POST":
+        try:
+            outcome = services.delete_slide(slide, request.user)
+        except services.DeleteRefused as exc:
+            messages.error(request, f"{slide.original_name} was not deleted: {exc}")
+            return redirect(experiment)
+        kept = " Results computed from it stay readable." if outcome == "kept" else ""
+        messages.success(request, f"{slide.original_name} deleted; its file is removed from storage.{kept}")
+        return redirect(experiment)
+    return _confirm_delete(request, experiment.lab, {
+        "experiment": experiment, "what": f"the slide “{slide.original_name}”",
+        "consequences": [f"its file ({uploads.human_size(slide.size_bytes or 0)}), thumbnail and viewer tiles"],
+        "kept": "Results already computed from it stay readable, with the slide's name, checksum and who "
+                "deleted it when." if slide.runs.exists() else "",
+        "cancel_url": experiment.get_absolute_url(),
+    })

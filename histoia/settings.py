@@ -275,6 +275,8 @@ QUEUED_RESEND_AFTER_SECONDS = env.int("QUEUED_RESEND_AFTER_SECONDS", default=60)
 # either is refused with a message (the API: 429).
 HISTOIA_MAX_ACTIVE_PER_USER = env.int("HISTOIA_MAX_ACTIVE_PER_USER", default=100)
 HISTOIA_MAX_ACTIVE_PER_LAB = env.int("HISTOIA_MAX_ACTIVE_PER_LAB", default=300)
+# Slide files one lab may store, in GB (a lab's own quota, set in the admin, wins); 0: no limit.
+HISTOIA_LAB_STORAGE_QUOTA_GB = env.int("HISTOIA_LAB_STORAGE_QUOTA_GB", default=500)
 # The dispatcher (predictions/dispatch.py) keeps, per queue, as many steps in the broker as the
 # queue's worker processes can run plus this many ready to start: enough that no process waits
 # for its next step, few enough that the queue's order is the order of execution.

@@ -65,6 +65,12 @@ class QuotaExceeded(SubmitError):
     (HISTOIA_MAX_ACTIVE_PER_USER, HISTOIA_MAX_ACTIVE_PER_LAB): the API answers 429."""
 
 
+# Urgent work overtakes everyone's waiting work, so the lab's managers decide it (schedules and
+# commands, run by admins, submit with no user and may too).
+URGENT_REFUSED = ("Urgent priority is for the lab's managers and staff: submit it as normal, or ask a lab "
+                  "manager to mark it urgent.")
+
+
 def check_quota(experiment, user) -> None:
     """QuotaExceeded, saying what to do, when this submit would pass the user's or the lab's cap."""
     active = Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
@@ -84,6 +90,8 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
     """Create a queued prediction and send its one start message after commit."""
     if not pipeline_row.enabled or not pipeline_row.installed:
         raise SubmitError(f"The pipeline {pipeline_row} is disabled.", "pipeline")
+    if priority == Prediction.Priority.URGENT and user is not None and not experiment.lab.is_manager(user):
+        raise SubmitError(URGENT_REFUSED, "priority")
     check_quota(experiment, user)
     code = pipeline_row.code
     try:

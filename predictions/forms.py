@@ -30,9 +30,12 @@ class PredictionForm(forms.Form):
     priority = forms.ChoiceField(choices=Prediction.Priority.choices, initial=Prediction.Priority.NORMAL,
                                  help_text="Urgent runs before normal work that is still waiting.")
 
-    def __init__(self, *args, experiment, pipeline, **kwargs):
+    def __init__(self, *args, experiment, pipeline, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.pipeline = pipeline
+        if not experiment.lab.is_manager(user):
+            self.fields["priority"].choices = [(Prediction.Priority.NORMAL, Prediction.Priority.NORMAL.label)]
+            self.fields["priority"].help_text = "Urgent priority is for the lab's managers and staff."
         ready = experiment.slides.filter(status=Slide.Status.READY)
         self.fields["slides"].queryset = ready
         self.fields["slides"].initial = list(ready.values_list("pk", flat=True))

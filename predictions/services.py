@@ -16,6 +16,7 @@ import io
 from dataclasses import dataclass
 
 from django.core.files import File
+from django.db import transaction
 
 from experiments.models import Slide
 from histoia.spreadsheet import csv_writer
@@ -47,17 +48,47 @@ def submit_prediction(experiment, pipeline, slides=None, params=None, *, user=No
 
 
 def rerun_prediction(old: Prediction, user) -> Prediction:
-    """Run a prediction again as it was: same pipeline version, slides, parameters and priority.
+    """Run a prediction again as it was: same pipeline version, slides, parameters and priority
+    (urgent only when the user is a manager of the lab; normal otherwise).
 
     SubmitError ("Could not re-run: …") when that is no longer possible, e.g. a slide is no
     longer ready or the pipeline version was disabled since.
     """
     slides = [run.slide for run in old.runs.select_related("slide").defer("plan")]
+    priority = old.priority
+    if priority == Prediction.Priority.URGENT and not old.experiment.lab.is_manager(user):
+        priority = Prediction.Priority.NORMAL   # a member's re-run of urgent work waits its turn
     try:
         return engine.submit(old.experiment, old.pipeline, slides, old.params, user=user,
-                             trigger=Prediction.Trigger.RERUN, priority=old.priority, rerun_of=old)
+                             trigger=Prediction.Trigger.RERUN, priority=priority, rerun_of=old)
     except SubmitError as exc:
         raise type(exc)(f"Could not re-run: {exc}", exc.field) from exc   # a quota stays a quota
+
+
+def active_work_on(slides) -> str:
+    """Why these slides' files must stay for now: predictions still queued or running on them."""
+    active = (Prediction.objects.filter(runs__slide__in=slides, status__in=[Prediction.Status.QUEUED,
+                                                                            Prediction.Status.RUNNING])
+              .distinct().order_by("pk").values_list("pk", flat=True))
+    ids = list(active[:5])
+    if not ids:
+        return ""
+    named = ", ".join(f"#{pk}" for pk in ids)
+    return (f"Prediction {named} is still queued or running on these slides: cancel it, or wait until it "
+            "ends, then delete." if len(ids) == 1 else
+            f"Predictions {named} are still queued or running on these slides: cancel them, or wait until "
+            "they end, then delete.")
+
+
+def delete_predictions_of(experiment) -> None:
+    """An experiment's predictions, results and result files go with it (experiments.services)."""
+    runs = SlideRun.objects.filter(prediction__experiment=experiment)
+    for run in runs.only("tissue_mask", "tile_table", "detections"):
+        for field in (run.tissue_mask, run.tile_table, run.detections):
+            if field:
+                storage, name = field.storage, field.name
+                transaction.on_commit(lambda storage=storage, name=name: storage.delete(name))
+    Prediction.objects.filter(experiment=experiment).delete()
 
 
 def cancel_prediction(prediction: Prediction, user) -> None:

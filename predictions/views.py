@@ -140,7 +140,7 @@ def prediction_new(request, experiment_pk):
         messages.error(request, "No pipeline is enabled on this server; ask an admin.")
         return redirect(experiment)
     form = PredictionForm(request.POST if request.method == "POST" and "submit" in request.POST else None,
-                          experiment=experiment, pipeline=pipeline)
+                          experiment=experiment, pipeline=pipeline, user=request.user)
     if form.is_bound and form.is_valid():
         try:
             prediction = services.submit_prediction(experiment, pipeline, form.cleaned_data["slides"],
