@@ -158,6 +158,7 @@ def submit(client, **data):
 
 def test_submit_answers_202_and_sends_its_start_after_commit(api_setup, django_capture_on_commit_callbacks):
     client, experiment = api_setup["client"], api_setup["experiment"]
+    experiment.lab.managers.add(experiment.created_by)   # urgent is a lab manager's call
     with django_capture_on_commit_callbacks() as callbacks:
         response = submit(client, experiment=experiment.pk, pipeline="tissue-area", priority="urgent")
     assert response.status_code == 202

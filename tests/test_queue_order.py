@@ -53,6 +53,7 @@ def test_predictions_submitted_back_to_back_end_in_submit_order(workers, pipelin
 def test_urgent_overtakes_waiting_work_but_not_started_work(workers, pipelines, make_slide, alice):
     slide = make_slide(CMU_SLIDE)
     normal = [submit(slide, pipelines["ihc-dab"], alice) for _ in range(3)]
+    slide.experiment.lab.managers.add(alice)   # urgent is a lab manager's call
     urgent = submit(slide, pipelines["ihc-dab"], alice, priority=Prediction.Priority.URGENT)
     shown = shown_order(*normal, urgent)
     assert shown.index(urgent.pk) < shown.index(normal[2].pk)
