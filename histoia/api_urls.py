@@ -6,7 +6,7 @@ them itself (token or session) and answers 401/403 in JSON instead.
 
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from experiments.api import ExperimentViewSet, SlideViewSet
@@ -46,10 +46,13 @@ urlpatterns = [
 ]
 
 # The schema and the interactive docs (mounted by histoia/urls.py under /api/). They describe the
-# API only (no lab data) and are readable without logging in.
+# API only (no lab data) and are readable without logging in. The docs page loads Swagger UI's
+# start-up script from itself (docs/?script) and its page styles from a file, since the
+# Content-Security-Policy (settings) refuses inline scripts and styles.
 docs_urlpatterns = [
     path("schema/", login_not_required(SpectacularAPIView.as_view()), name="api-schema"),
-    path("docs/", login_not_required(SpectacularSwaggerView.as_view(url_name="api-schema")), name="api-docs"),
+    path("docs/", login_not_required(SpectacularSwaggerSplitView.as_view(
+        url_name="api-schema", template_name="api/swagger_ui.html")), name="api-docs"),
 ]
 
 for pattern in urlpatterns:

@@ -5,9 +5,12 @@ var/), so `make run` needs nothing but Python. Production sets DATABASE_URL and 
 (PostgreSQL and RabbitMQ) and the same code runs unchanged.
 """
 
+from base64 import b64encode
+from hashlib import sha256
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,6 +57,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: it answers a locked-out login attempt.
     "axes.middleware.AxesMiddleware",
@@ -172,6 +176,34 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): pages run only the site's own script files and style sheets,
+# so markup that slipped into a page (a slide name, a model card) cannot run or restyle anything.
+# No inline <script>, on*= handler, style="…" or <style>, no eval, nothing from another origin:
+# templates keep behaviour in static/js (listeners found by data- attributes) and styles in
+# static/css; a size or colour computed per page is an SVG attribute or set from a script
+# (element.style, which CSP allows). htmx runs without eval or its own <style> (base.html), the API
+# docs load their start-up script as a file (histoia/api_urls.py). One inline piece is allowed, by
+# the hash of its exact text: the <style> OpenSeadragon (the slide viewer) adds for touch screens,
+# which no option turns off; it changes with OpenSeadragon's version (the tests compare the two).
+# tests/test_content_security_policy.py checks the pages, and in Chromium that nothing is refused.
+OPENSEADRAGON_STYLE = ("@media (hover: none) {    .openseadragon-canvas:focus {"
+                       "        outline: none !important;    }}")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, f"'sha256-{b64encode(sha256(OPENSEADRAGON_STYLE.encode()).digest()).decode()}'"],
+        # data: for the icons in Swagger UI's style sheet, blob: for images a viewer decodes itself.
+        "img-src": [SELF, "data:", "blob:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],  # as X_FRAME_OPTIONS
+        "form-action": [SELF],
+    },
+}
 
 # --- REST framework -------------------------------------------------------------------------
 # The API lives under /api/v1/ (histoia/api_urls.py): token or session authentication, every

@@ -38,4 +38,4 @@ class PredictionFilter(django_filters.FilterSet):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for field in self.form.fields.values():
-            field.widget.attrs.setdefault("onchange", "this.form.requestSubmit()")
+            field.widget.attrs.setdefault("data-autosubmit", True)  # a change submits (static/js/histoia.js)

@@ -22,9 +22,25 @@ def chromium():
         options.add_argument(arg)
     options.binary_location = binary
     options.enable_downloads = True
+    # The console log, where Chromium reports what the Content-Security-Policy refused.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(driver), options=options)
     browser.implicitly_wait(5)  # a page still loading after a click is not a failure
     return browser
+
+
+def csp_violations(browser) -> list[str]:
+    """What the Content-Security-Policy refused on the pages shown since the last call (reading
+    the console log empties it). A refused inline script or style breaks the page silently."""
+    messages = [entry["message"] for entry in browser.get_log("browser")]
+    return [m for m in messages if "Content Security Policy" in m]
+
+
+def quit_checking_csp(browser):
+    """Quit, then fail if any page the browser showed broke the Content-Security-Policy."""
+    violations = csp_violations(browser)
+    browser.quit()
+    assert not violations, "refused by the Content-Security-Policy:\n" + "\n".join(violations)
 
 
 def screenshot(browser, name):
@@ -99,7 +115,7 @@ def viewer_browser():
         pytest.skip(message + " (needs npm, which this machine lacks)")
     b = chromium()
     yield b
-    b.quit()
+    quit_checking_csp(b)
 
 
 def js(browser, script, *args):

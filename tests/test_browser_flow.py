@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from predictions.pipelines.tissue_area import TissueArea
-from tests.browser import chromium, click_through, log_in, screenshot, wait_in_page
+from tests.browser import chromium, click_through, log_in, quit_checking_csp, screenshot, wait_in_page
 from tests.conftest import CMU_SLIDE
 
 pytestmark = pytest.mark.worker
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.worker
 def browser():
     b = chromium()
     yield b
-    b.quit()
+    quit_checking_csp(b)
 
 
 def test_lab_member_runs_tissue_area_and_reads_the_figures(workers, pipelines, live_server, browser, alice, bob, lab_a):
