@@ -38,7 +38,8 @@ from datetime import timedelta
 from celery import signals
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Case, Count, F, IntegerField, Max, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
@@ -105,19 +106,47 @@ def in_flight(queue: str) -> int:
 
 
 # -- what to send next -----------------------------------------------------------------------
-def active_in_run_order() -> list[tuple[Entry, int]]:
+def active_in_run_order(queue: str | None = None) -> list[tuple[Entry, int]]:
     """Every queued or running prediction (all labs) in run order, with its pipeline row's id;
-    plain values, so ordering a queue of thousands stays cheap. The queue pages use it too."""
-    rows = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
-            .values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at", "turn",
-                         "pipeline_id"))
-    pipeline_of = {}
-    entries = []
-    for pk, lab, priority, status, created, started, turn, pipeline_id in rows:
-        entries.append(Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING,
-                             created, started, turn))
-        pipeline_of[pk] = pipeline_id
-    return [(e, pipeline_of[e.pk]) for e in run_order(entries)]
+    plain values, so ordering a queue of thousands stays cheap. The queue pages use it too.
+
+    queue: only the predictions whose tile batches run there (the dispatcher fills one queue's
+    window at a time, and must not look at every prediction of the other queue to do it).
+    """
+    rows = Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING])
+    if queue is not None:
+        rows = rows.filter(pipeline__batch_queue=queue)
+    pairs = entries_of(rows)
+    pipeline_of = {e.pk: pipeline_id for e, pipeline_id in pairs}
+    return [(e, pipeline_of[e.pk]) for e in run_order([e for e, _ in pairs])]
+
+
+def entries_of(predictions) -> list[tuple[Entry, int]]:
+    """(run-order Entry, pipeline row id) of each of these predictions (a queryset), unordered."""
+    rows = predictions.values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at",
+                                   "turn", "pipeline_id")
+    return [(Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING, created, started, turn),
+             pipeline_id) for pk, lab, priority, status, created, started, turn, pipeline_id in rows]
+
+
+def _queue_in_run_order(queue: str):
+    """The ids of `queue`'s active predictions in run order, fetched a few at a time.
+
+    The same order as run_order.run_order (tests/test_run_order.py compares them), sorted by the
+    database: the dispatcher usually stops at the first or second prediction, so a queue of
+    thousands costs it a sort in the database, not thousands of rows.
+    """
+    running = Q(status=Status.RUNNING)
+    rows = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING], pipeline__batch_queue=queue)
+            .order_by(Case(When(running, then=Value(0)), default=Value(1)),              # started ones first,
+                      Case(When(running, then=Coalesce("started_at", "created_at"))),    # as they started;
+                      # then urgent first, turns, oldest first
+                      Case(When(running | Q(priority=Prediction.Priority.URGENT), then=Value(0)), default=Value(1)),
+                      Case(When(running, then=Value(0)), default=F("turn"), output_field=IntegerField()),
+                      Case(When(running, then=None), default=F("created_at")),
+                      "pk")
+            .values_list("pk", flat=True))
+    return rows.iterator(chunk_size=20)
 
 
 def new_turn(lab_id: int) -> int:
@@ -184,8 +213,8 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
         if free <= 0:
             return 0
         chosen: list[Step] = []
-        for entry, _ in active_in_run_order():
-            steps, more_later = next_steps(entry.pk, queue, free - len(chosen))
+        for prediction_id in _queue_in_run_order(queue):
+            steps, more_later = next_steps(prediction_id, queue, free - len(chosen))
             chosen.extend(steps)
             if more_later or len(chosen) >= free:
                 break   # the predictions behind this one wait until it has sent all its work
@@ -196,8 +225,9 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
     return len(chosen)
 
 
-def dispatch_all(*, quick: bool = False) -> None:
-    for queue in QUEUE_NAMES:
+def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False) -> None:
+    """Fill the windows of these queues (all by default; a submit fills its pipeline's only)."""
+    for queue in queues:
         try:
             dispatch(queue, quick=quick)
         except Exception:  # noqa: BLE001

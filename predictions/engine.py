@@ -133,8 +133,9 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
                      declared_stain=stains[s.pk]) for s in slides
         ])
         send_start(prediction)
-        # Started here at once when the workers have room; else when its turn comes.
-        transaction.on_commit(lambda: dispatch.dispatch_all(quick=True))
+        # Started here at once when the workers have room; else when its turn comes. Only its
+        # pipeline's queue can have changed (its prepare counts in that queue's window too).
+        transaction.on_commit(lambda: dispatch.dispatch_all([pipeline_row.batch_queue], quick=True))
     return prediction
 
 

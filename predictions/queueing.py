@@ -18,11 +18,14 @@ measures how close that comes).
 
 from __future__ import annotations
 
+import bisect
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 from django.core.cache import cache
-from django.db.models import Prefetch
+from django.db.models import Count, Max, Prefetch, Q
 
 from . import dispatch
 from .models import BatchResult, Pipeline, Prediction, SlideRun, Status
@@ -166,57 +169,143 @@ def _remaining(runs, rate: Throughput, parallelism) -> float:
 ACTIVE = [Status.QUEUED, Status.RUNNING]
 
 
-def _active_in_order():
-    """(pk, status, pipeline_id) of every queued or running prediction (all labs), in the order
-    they run, and the progress of their slide runs: plain values, so that planning a queue of
-    thousands stays cheap; model objects are loaded only for what is shown (with_predictions)."""
-    rows = [(e.pk, Status.RUNNING if e.started else Status.QUEUED, pipeline_id)
-            for e, pipeline_id in dispatch.active_in_run_order()]
+def _runs_of(predictions) -> dict[int, list]:
+    """The progress of the slide runs of these predictions (a queryset of them), by prediction."""
     runs = defaultdict(list)
     for prediction_id, status, total, done, width, height in (
-            SlideRun.objects.filter(prediction__status__in=ACTIVE).values_list(
+            SlideRun.objects.filter(prediction__in=predictions).values_list(
                 "prediction_id", "status", "total_units", "done_units", "slide__width", "slide__height")):
         runs[prediction_id].append((status, total, done, _megapixels(width, height)))
-    return rows, runs, Pipeline.objects.in_bulk({pipeline_id for _, _, pipeline_id in rows})
+    return runs
 
 
-def _plan():
-    """pk -> entry for every active prediction: position, queue, ETA, estimate basis."""
-    rows, runs, pipelines = _active_in_order()
-    rates, parallel = {}, {}
+def _key(e) -> tuple:
+    """run_order's order as one sortable key: started ones first, as they started; then urgent,
+    turns, oldest first."""
+    if e.started:
+        return (0, e.started_at or e.created_at, e.pk)
+    return (1, not e.urgent, e.turn, e.created_at, e.pk)
 
-    def parallelism(queue):
-        if queue not in parallel:
-            parallel[queue] = _parallelism(queue)
-        return parallel[queue]
 
-    entries, ahead, position = {}, {}, 0
-    for pk, status, pipeline_id in rows:
-        if pipeline_id not in rates:
-            rates[pipeline_id] = throughput(pipelines[pipeline_id])
-        rate = rates[pipeline_id]
-        own = _remaining(runs.get(pk, ()), rate, parallelism)
-        queue = rate.queue
+class _Planner:
+    """Positions and ETAs over predictions given in run order; predictions submitted later can be
+    placed into it (add) without planning the rest again."""
+
+    def __init__(self):
+        self.rates: dict[int, Throughput] = {}
+        self.parallel: dict[str, int] = {}
+        self.pipelines: dict[int, Pipeline] = {}
+        self.entries: dict[int, dict] = {}
+        self.waiting_keys: list[tuple] = []                 # sorted
+        self.queue_keys: dict[str, list[tuple]] = defaultdict(list)    # sorted, per queue
+        self.queue_etas: dict[str, list[float]] = defaultdict(list)    # ends, aligned with queue_keys
+
+    def parallelism(self, queue):
+        if queue not in self.parallel:
+            self.parallel[queue] = _parallelism(queue)
+        return self.parallel[queue]
+
+    def rate(self, pipeline_id) -> Throughput:
+        if pipeline_id not in self.rates:
+            if pipeline_id not in self.pipelines:
+                self.pipelines.update(Pipeline.objects.in_bulk([pipeline_id]))
+            self.rates[pipeline_id] = throughput(self.pipelines[pipeline_id])
+        return self.rates[pipeline_id]
+
+    def add(self, e, pipeline_id, runs) -> None:
+        """Place one prediction: in run order when given in order, else wherever its key puts it
+        (a later submit only comes in between: the ones behind it end later by its own time)."""
+        rate = self.rate(pipeline_id)
+        own = _remaining(runs, rate, self.parallelism)
+        key, queue = _key(e), rate.queue
+        keys, etas = self.queue_keys[queue], self.queue_etas[queue]
+        i = bisect.bisect_left(keys, key)
         # Predictions run one after another on each queue (dispatch.py), running ones too: one
         # that has started behind another (its first slide prepared while the other's last
         # batches ran) ends after it.
-        eta = ahead.get(queue, 0.0) + own
-        ahead[queue] = eta
-        if status == Status.RUNNING:
-            pos = 0
-        else:
-            position += 1
-            pos = position
-        entries[pk] = {
-            "pk": pk,
-            "position": pos,
-            "status": status,
-            "queue": queue,
-            "eta_seconds": round(eta),
-            "estimated_without_history": rate.no_history,
-            "throughput": rate,
-        }
-    return entries
+        keys.insert(i, key)
+        etas.insert(i, (etas[i - 1] if i else 0.0) + own)
+        for j in range(i + 1, len(etas)):
+            etas[j] += own
+        if not e.started:
+            bisect.insort(self.waiting_keys, key)
+        self.entries[e.pk] = {"pk": e.pk, "key": key, "status": Status.RUNNING if e.started else Status.QUEUED,
+                              "queue": queue, "estimated_without_history": rate.no_history, "throughput": rate}
+
+    def entry(self, pk) -> dict | None:
+        found = self.entries.get(pk)
+        if found is None:
+            return None
+        key, queue = found["key"], found["queue"]
+        position = 0 if found["status"] == Status.RUNNING else bisect.bisect_left(self.waiting_keys, key) + 1
+        eta = self.queue_etas[queue][bisect.bisect_left(self.queue_keys[queue], key)]
+        return {k: v for k, v in found.items() if k != "key"} | {"position": position, "eta_seconds": round(eta)}
+
+
+def _plan() -> _Planner:
+    """Every active prediction (all labs) planned: position, queue, ETA, estimate basis."""
+    planner = _Planner()
+    in_order = dispatch.active_in_run_order()
+    planner.pipelines = Pipeline.objects.in_bulk({pipeline_id for _, pipeline_id in in_order})
+    runs = _runs_of(Prediction.objects.filter(status__in=ACTIVE))
+    for e, pipeline_id in in_order:
+        planner.add(e, pipeline_id, runs.get(e.pk, ()))
+    return planner
+
+
+# One prediction's place (its 202 answer, its page, its API detail) comes from a plan at most
+# PLAN_SECONDS old, kept per process: what it says of order and positions is always current (the
+# queue's counts and newest prediction are checked on every use, and predictions submitted since
+# are placed into it), while its ETAs may be a few seconds behind the work done. So a submit
+# costs the same with 10 or 10,000 predictions waiting (bench/submit_cost.py). The queue pages
+# (waiting) plan in full.
+PLAN_SECONDS = 5.0
+_recent: dict = {}
+_recent_lock = threading.Lock()
+
+
+def _queue_version() -> tuple:
+    counts = Prediction.objects.filter(status__in=ACTIVE).aggregate(
+        queued=Count("pk", filter=Q(status=Status.QUEUED)), running=Count("pk", filter=Q(status=Status.RUNNING)),
+        newest=Max("pk"))
+    return counts["queued"], counts["running"], counts["newest"] or 0
+
+
+def _recent_plan() -> _Planner:
+    version = _queue_version()
+    with _recent_lock:
+        made_at, known, planner = _recent.get("plan", (0.0, None, None))
+        if planner is not None and time.monotonic() - made_at < PLAN_SECONDS:
+            if known == version:
+                return planner
+            if _place_new(planner, known, version):
+                _recent["plan"] = (made_at, version, planner)
+                return planner
+        planner = _plan()
+        _recent["plan"] = (time.monotonic(), version, planner)
+        return planner
+
+
+def _place_new(planner: _Planner, known: tuple, version: tuple) -> bool:
+    """Place the predictions submitted since `known` into the plan; False when anything else
+    changed too (one started or ended): then the queue is planned again."""
+    queued, running, newest = version
+    if running != known[1] or newest <= known[2]:
+        return False
+    new = Prediction.objects.filter(pk__gt=known[2], status__in=ACTIVE)
+    entries = [(e, pipeline_id) for e, pipeline_id in dispatch.entries_of(new)]
+    if len(entries) != queued - known[0] or any(e.started for e, _ in entries):
+        return False
+    runs = _runs_of(new)
+    for e, pipeline_id in entries:
+        planner.add(e, pipeline_id, runs.get(e.pk, ()))
+    return True
+
+
+def forget_recent_plan() -> None:
+    """Drop this process's recent plan (tests start each case from a fresh queue)."""
+    with _recent_lock:
+        _recent.clear()
 
 
 def waiting(user=None, load: bool = True) -> list[dict]:
@@ -226,7 +315,9 @@ def waiting(user=None, load: bool = True) -> list[dict]:
     "eta_seconds" (until it ends), "estimated_without_history", "throughput"}, and with `load`
     "prediction", the model object (see with_predictions).
     """
-    entries = list(_plan().values())
+    planner = _plan()
+    entries = [planner.entry(pk) for pk in planner.entries]
+    entries.sort(key=lambda entry: planner.entries[entry["pk"]]["key"])
     if user is not None:
         visible = set(Prediction.objects.for_user(user).filter(pk__in=[e["pk"] for e in entries])
                       .values_list("pk", flat=True))
@@ -251,7 +342,7 @@ def with_predictions(entries: list[dict]) -> list[dict]:
 
 def entry(prediction_id: int) -> dict | None:
     """The queue entry of one prediction (position, ETA...), None once it has ended."""
-    return _plan().get(prediction_id)
+    return _recent_plan().entry(prediction_id)
 
 
 def eta_seconds(prediction: Prediction) -> int | None:

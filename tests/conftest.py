@@ -152,6 +152,14 @@ def session_dir(tmp_path_factory, name):
 
 
 @pytest.fixture(autouse=True)
+def fresh_queue_plan():
+    """Each test starts without the queue plan an earlier one left in this process (queueing.py)."""
+    from predictions import queueing
+
+    queueing.forget_recent_plan()
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path_factory):
     settings.MEDIA_ROOT = str(session_dir(tmp_path_factory, "media"))
     settings.SLIDE_IMPORT_ROOT = ""

@@ -115,3 +115,32 @@ def test_work_ending_never_reorders_the_waiting_predictions():
         assert [p for p in q.order() if p in shown] == [p for p in shown if p in q.order()]
         q.finish(pk)
     assert shown == [1, 3, 2, 5, 4, 6, 7]
+
+
+def test_the_dispatchers_database_order_is_the_policys_order(db, pipeline_rows, experiment, lab_b):
+    """dispatch._queue_in_run_order sorts in the database what run_order sorts in Python."""
+    import random
+
+    from django.utils import timezone
+
+    from predictions import dispatch
+    from predictions.models import Prediction, Status
+    from tests.factories import ExperimentFactory
+
+    rng = random.Random(7)
+    other = ExperimentFactory(lab=lab_b)
+    now = timezone.now()
+    for _ in range(120):
+        started = rng.random() < 0.2
+        created = now - timedelta(minutes=rng.randrange(30))            # equal times happen
+        row = Prediction.objects.create(
+            experiment=rng.choice([experiment, other]), pipeline=pipeline_rows["ihc-dab"], params={},
+            priority=rng.choice(["normal", "normal", "urgent"]), turn=rng.randrange(1, 6),
+            status=Status.RUNNING if started else rng.choice([Status.QUEUED, Status.QUEUED, Status.SUCCEEDED]))
+        # created_at is set on create whatever is given: spread the times afterwards.
+        Prediction.objects.filter(pk=row.pk).update(
+            created_at=created, started_at=created + timedelta(minutes=rng.randrange(3)) if started else None)
+    expected = [e.pk for e, _ in dispatch.active_in_run_order("cpu")]
+    assert len(expected) > 50
+    assert list(dispatch._queue_in_run_order("cpu")) == expected
+    assert list(dispatch._queue_in_run_order("gpu")) == []
