@@ -112,6 +112,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(port: int, path: str, status: int) -> bool:
+    """Whether a server on 127.0.0.1:port answers GET path with this status yet."""
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        return conn.getresponse().status == status
+    except OSError:
+        return False
+
+
 def percentile(values, q) -> float:
     import numpy as np
 
@@ -286,21 +298,11 @@ class Stack:
         return [gunicorn, "histoia.wsgi:application"], env
 
     def start_gunicorn(self, workers: int = 2) -> tuple[str, str]:
-        import http.client
-
         port = free_port()
         cmd, env = self.gunicorn_command(port, workers)
         subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=REPO, env=env,
                        check=True)
-
-        def up():
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-        self.start("gunicorn", cmd, ready=up, timeout=60, env=env)
+        self.start("gunicorn", cmd, ready=lambda: answers(port, "/healthz", 200), timeout=60, env=env)
         shown = f"GUNICORN_CMD_ARGS=\"{env['GUNICORN_CMD_ARGS']}\" WEB_CONCURRENCY={workers} gunicorn histoia.wsgi:application"
         return f"http://127.0.0.1:{port}", shown
 

@@ -1,0 +1,115 @@
+"""What one submit costs as the queue grows: POST /api/v1/predictions/ with 0, 1,000 and 10,000
+predictions waiting.
+
+    .venv/bin/python bench/submit_cost.py                        # SQLite (throw-away)
+    .venv/bin/python bench/submit_cost.py --stack real           # PostgreSQL (dedicated database histoia_bench)
+    .venv/bin/python bench/submit_cost.py --queued 0 1000 10000 --requests 60
+
+A throw-away database (bench/benchstack.py), no worker: the predictions stay queued. For each
+size, bulk_create tops the queue up to --queued predictions (two labs, one slide run each, turns as
+a submit gives them), then --requests submits are made in this process through DRF's APIClient
+(token authentication, the JSON body of the API docs' example), after 5 warm-up submits. The
+start message goes to the stack's broker after commit, as in production. Each request is timed
+client-side (in-process: no HTTP server, no network), and its SQL queries counted with
+django.test.utils.CaptureQueriesContext. The 202 answer carries the new prediction's queue
+position and ETA, checked against a full plan of the queue made afterwards.
+
+Goal (#14): the time and the query count do not grow with the number of predictions waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchstack import Stack, command_line, machine, percentile, print_header  # noqa: E402
+
+
+def top_up(target: int, experiments, pipeline, slides) -> None:
+    """Queued predictions (one slide run each) until `target` are waiting, turns as submits give."""
+    from predictions import dispatch
+    from predictions.models import Prediction, SlideRun, Status
+
+    waiting = Prediction.objects.filter(status=Status.QUEUED).count()
+    missing = target - waiting
+    batch = []
+    for i in range(missing):
+        experiment = experiments[i % len(experiments)]
+        batch.append(Prediction(experiment=experiment, pipeline=pipeline, params=pipeline.code.parse_params({}),
+                                turn=dispatch.new_turn(experiment.lab_id) if i < 2 else 0))
+    # Turns as a submit gives them: each lab's next turn, in submit order (computed in bulk here).
+    last = {}
+    for p in batch:
+        last[p.experiment.lab_id] = p.turn = max(p.turn, last.get(p.experiment.lab_id, p.turn - 1) + 1)
+    for start in range(0, len(batch), 2000):
+        created = Prediction.objects.bulk_create(batch[start:start + 2000])
+        SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.QUEUED,
+                                               slide_sha256=slides[p.experiment_id].sha256) for p in created])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", choices=["embedded", "real"], default="embedded")
+    parser.add_argument("--queued", type=int, nargs="+", default=[0, 1000, 10000])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+
+    stack = Stack("submit", args.stack, keep=args.keep)
+    try:
+        stack.setup_django()
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+        from rest_framework.authtoken.models import Token
+        from rest_framework.test import APIClient
+
+        from benchstack import pipeline_row
+        from predictions import queueing
+
+        user, lab = stack.lab_user()
+        other, other_lab = stack.lab_user("other", "Other lab")
+        experiment = stack.experiment(lab, user)
+        experiments = [experiment, stack.experiment(other_lab, other, "Other")]
+        slide = stack.add_slide(experiment, Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides"
+                                / "cmu-1-small-region.svs")
+        slides = {experiment.pk: slide, experiments[1].pk: stack.add_slide(experiments[1], Path(slide.file.path))}
+        pipeline = pipeline_row("ihc-dab")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        body = {"experiment": experiment.pk, "pipeline": "ihc-dab", "slides": [slide.pk]}
+
+        report = {"machine": machine(), "stack": stack.description, "command": command_line("submit_cost.py"),
+                  "sizes": []}
+        print_header("Submit cost as the queue grows", report)
+        print(f"{'queued':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'queries':>8}  position/ETA right")
+        for size in args.queued:
+            top_up(size, experiments, pipeline, slides)
+            times, queries, answers = [], [], []
+            for i in range(args.requests + 5):
+                with CaptureQueriesContext(connection) as captured:
+                    started = time.perf_counter()
+                    response = client.post("/api/v1/predictions/", body, format="json")
+                    elapsed = time.perf_counter() - started
+                assert response.status_code == 202, response.content
+                if i >= 5:
+                    times.append(elapsed * 1000)
+                    queries.append(len(captured))
+                    answers.append(response.json())
+            plan = {e["pk"]: e for e in queueing.waiting(load=False)}
+            right = sum(1 for a in answers[-5:] if plan.get(a["id"], {}).get("position") == a["queue_position"])
+            row = {"queued": size, "p50_ms": round(percentile(times, 50), 1), "p90_ms": round(percentile(times, 90), 1),
+                   "p99_ms": round(percentile(times, 99), 1), "queries": sorted(set(queries)),
+                   "positions_right_of_last_5": right}
+            report["sizes"].append(row)
+            print(f"{size:>8} {row['p50_ms']:>8} {row['p90_ms']:>8} {row['p99_ms']:>8} {str(row['queries']):>8}  {right}/5")
+            # The submits of this round stay queued: the next size tops up from there.
+    finally:
+        stack.close()
+
+
+if __name__ == "__main__":
+    main()
