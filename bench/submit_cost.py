@@ -82,7 +82,7 @@ def main() -> None:
         client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
         body = {"experiment": experiment.pk, "pipeline": "ihc-dab", "slides": [slide.pk]}
 
-        report = {"machine": machine(), "stack": stack.description, "command": command_line("submit_cost.py"),
+        report = {"machine": machine(), "stack_description": stack.description, "command": command_line("submit_cost.py"),
                   "sizes": []}
         print_header("Submit cost as the queue grows", report)
         print(f"{'queued':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'queries':>8}  position/ETA right")
