@@ -235,6 +235,8 @@ class Prediction(models.Model):
             models.Index(fields=["experiment", "-created_at"], name="prediction_experiment_idx"),
             models.Index(fields=["pipeline", "-created_at"], name="prediction_pipeline_idx"),
             models.Index(fields=["triggered_by", "-created_at"], name="prediction_user_idx"),
+            # The waiting predictions in run order (dispatch._queue_in_run_order reads them so).
+            models.Index(fields=["status", "priority", "turn", "created_at", "id"], name="prediction_waiting_idx"),
         ]
 
     def __str__(self):
@@ -319,6 +321,9 @@ class SlideRun(models.Model):
     class Meta:
         ordering = ["prediction", "slide__original_name", "pk"]
         constraints = [models.UniqueConstraint(fields=["prediction", "slide"], name="unique_slide_per_prediction")]
+        # The dispatcher counts the runs in flight on every step and submit (dispatch.in_flight):
+        # the running ones, a few, found without reading the queued thousands.
+        indexes = [models.Index(fields=["status"], name="sliderun_running_idx", condition=models.Q(status="running"))]
 
     def __str__(self):
         return f"{self.slide} in prediction #{self.prediction_id}"
