@@ -275,7 +275,8 @@ class SlideReader:
         tw, th = target
         out = np.empty((th, tw, 3), dtype=np.uint8)
         scale = lh / th                                  # level rows per output row
-        band_rows = max(1, int(MAX_REGION_PIXELS // lw / scale))  # output rows per band
+        # Output rows per band: a band's level rows are its share rounded out at both ends (+2).
+        band_rows = max(1, int((MAX_REGION_PIXELS // lw - 2) / scale))
         ds = self.level_downsamples[level]
         for ty0 in range(0, th, band_rows):
             ty1 = min(th, ty0 + band_rows)

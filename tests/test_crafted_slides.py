@@ -131,3 +131,34 @@ def test_crafted_files_end_ready_or_invalid_within_1_gb(workers, web, experiment
     peaks.update({f"web {pid}": _peak_bytes(pid) for pid in _descendants(gunicorn.pid)})
     print("peak resident memory:", {k: f"{v / 2**20:.0f} MB" for k, v in peaks.items()})
     assert all(peak < GB for peak in peaks.values()), peaks
+
+
+@pytest.mark.parametrize("downsample", [1.0, 1.7, 2.0, 2.6, 5.3])
+def test_a_level_larger_than_the_cap_is_read_in_bands_with_the_same_pixels(monkeypatch, tmp_path, downsample):
+    """read_downsampled over a level above MAX_REGION_PIXELS reads bands of rows, never more than
+    the cap at once, and gives exactly what resizing the whole level at once gives."""
+    import numpy as np
+    import openslide
+    from PIL import Image
+
+    from experiments import slide_files
+    from predictions.imaging.synthetic import write_slide
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (2000, 3000, 3), dtype=np.uint8)
+    path = write_slide(tmp_path / "textured.tiff", rgb, 0.5)      # levels 3000, 1500, 750, 375 px wide
+    monkeypatch.setattr(slide_files, "MAX_REGION_PIXELS", 200_000)
+    read = []
+    original = slide_files.SlideReader.read_region
+    monkeypatch.setattr(slide_files.SlideReader, "read_region",
+                        lambda self, loc, level, size: read.append(size[0] * size[1]) or original(self, loc, level, size))
+
+    with slide_files.SlideReader(path) as reader:
+        banded, _ = reader.read_downsampled(downsample)
+        level = reader.best_level_for_downsample(downsample)
+    with openslide.OpenSlide(str(path)) as slide:
+        whole = np.asarray(slide.read_region((0, 0), level, slide.level_dimensions[level]))[..., :3]
+    expected = np.asarray(Image.fromarray(np.ascontiguousarray(whole)).resize(
+        (banded.shape[1], banded.shape[0]), Image.Resampling.BOX))
+    assert len(read) > 1 and max(read) <= 200_000              # in bands, each within the cap
+    assert np.array_equal(banded, expected)
