@@ -20,8 +20,8 @@ What is "in the window" is counted from the database, never from the broker: pre
 (SlideRun.batches_sent minus its BatchResult rows) and aggregates claimed. Dispatching takes a
 row lock per queue (DispatchLock), so two dispatchers never fill the same slot. A message is sent
 after the commit that records it; if the broker refuses it, the record is undone and the next
-dispatch sends it again; if the dispatcher dies between the two, send_unsent() sends it within
-a minute or two. A redelivered message (a worker killed mid-task) is still counted, so a
+dispatch sends it again; if the dispatcher dies between the two, send_unsent() sends it when a
+worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
 Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
@@ -60,7 +60,7 @@ PREPARING_PER_PREDICTION = 1
 class Step:
     """One message to send: a slide's prepare, or one of its tile batches."""
 
-    kind: str           # "prepare" | "batch"
+    kind: str           # "prepare" | "batch" | "aggregate" (claimed by engine, outside the window)
     prediction_id: int
     run_id: int
     index: int = 0      # the batch's index
@@ -68,15 +68,17 @@ class Step:
 
     @property
     def task_name(self) -> str:
-        return "predictions.cpu.prepare_slide" if self.kind == "prepare" else f"predictions.{self.queue}.tile_batch"
+        if self.kind == "batch":
+            return f"predictions.{self.queue}.tile_batch"
+        return f"predictions.cpu.{self.kind}_slide"
 
     @property
     def args(self) -> list:
-        return [self.run_id] if self.kind == "prepare" else [self.run_id, self.index]
+        return [self.run_id, self.index] if self.kind == "batch" else [self.run_id]
 
     @property
     def task_id(self) -> str:
-        suffix = "prepare" if self.kind == "prepare" else f"b{self.index}"
+        suffix = f"b{self.index}" if self.kind == "batch" else self.kind
         return f"p{self.prediction_id}-r{self.run_id}-{suffix}"
 
 
@@ -238,8 +240,8 @@ def _priority(step: Step) -> int:
     """The message priority of a dispatched step. Urgency is not one of them: the dispatcher has
     already put urgent work first, and a broker that honours priorities (RabbitMQ) would otherwise
     let an urgent prediction's steps overtake those of the prediction started before it."""
-    if step.kind == "prepare" and step.queue != CPU:
-        return MAX_PRIORITY      # on a cpu worker for another queue's prediction: see next_steps
+    if step.kind == "aggregate" or (step.kind == "prepare" and step.queue != CPU):
+        return MAX_PRIORITY      # a finished slide, or a gpu prediction's start: see next_steps
     return PRIORITY_NORMAL
 
 
@@ -285,11 +287,15 @@ def send_unsent(*, older_than: timedelta = timedelta(seconds=60)) -> list[str]:
     """Send the steps recorded as sent that never reached the broker; returns their task ids.
 
     A dispatcher killed between its commit and its publish (its worker SIGKILLed, the machine
-    gone) leaves steps counted in the window that no worker will ever run. Every step sent has
-    a task row from the moment it is published (task_records.record_sent), so a step recorded
-    more than `older_than` ago without one was never sent: it is sent now, under its own task id
-    (steps are idempotent, so one that did go out after all costs a no-op). Run by beat every
-    minute (maintenance.resend_queued).
+    gone) leaves steps counted in the window that no worker will ever run; a worker killed
+    between claiming a slide's aggregate and sending it leaves the slide finished with no
+    aggregate coming (its redelivered batch finds the claim taken). Every step sent has a task
+    row from the moment it is published (task_records.record_sent), so a step recorded more than
+    `older_than` ago without one was never sent: it is sent now, under its own task id (steps
+    are idempotent, so one that did go out after all costs a no-op).
+
+    Run by beat every minute (maintenance.resend_queued), and by every worker as it starts
+    (_worker_ready): a worker restarted after a crash sends what it left unsent at once.
     """
     from django_celery_results.models import TaskResult
 
@@ -304,6 +310,8 @@ def send_unsent(*, older_than: timedelta = timedelta(seconds=60)) -> list[str]:
         queue = run.prediction.pipeline.batch_queue or CPU
         if run.batch_count is None:
             steps.append(Step("prepare", run.prediction_id, run.pk, queue=queue))
+        elif run.aggregate_dispatched:
+            steps.append(Step("aggregate", run.prediction_id, run.pk, queue=CPU))
         elif run.done < run.batches_sent:
             done = set(run.batches.values_list("index", flat=True))
             steps += [Step("batch", run.prediction_id, run.pk, i, queue) for i in range(run.batches_sent)
@@ -331,6 +339,14 @@ def _worker_set_up(sender=None, instance=None, **kwargs):
     _report()
 
 
+@signals.worker_ready.connect
+def _worker_ready(sender=None, **kwargs):
+    # The steps a killed worker recorded and never sent (send_unsent). Any older than a second
+    # are not in a live dispatcher's few milliseconds between commit and publish; one that is
+    # costs a duplicate message, which the step ignores.
+    _quietly(lambda: send_unsent(older_than=timedelta(seconds=1)), "could not send the steps left unsent")
+
+
 @signals.heartbeat_sent.connect
 def _heartbeat(sender=None, **kwargs):
     if _me and (_me["reported"] is None or timezone.now() - _me["reported"] >= REPORT_EVERY):
@@ -350,7 +366,7 @@ def _report() -> None:
     _me["reported"] = now
 
 
-def _quietly(write) -> None:
+def _quietly(write, failure: str = "could not record this worker's slots") -> None:
     """A write from a worker's main process: never let it stop the worker, and close the
     connection after it (the pool forks its processes from this one)."""
     from django.db import connection
@@ -358,7 +374,7 @@ def _quietly(write) -> None:
     try:
         write()
     except Exception:  # noqa: BLE001
-        log.warning("could not record this worker's slots", exc_info=True)
+        log.warning(failure, exc_info=True)
     finally:
         connection.close()
 

@@ -363,7 +363,10 @@ def forget_kept() -> None:
 def _claim_aggregate(run: SlideRun) -> bool:
     """Send the slide's aggregate once: outside the dispatcher's window and at the highest
     priority, so a finished slide never waits behind other predictions' batches."""
-    if SlideRun.objects.filter(pk=run.pk, aggregate_dispatched=False).update(aggregate_dispatched=True):
+    # dispatched_at: a worker killed between this claim and its send leaves the aggregate
+    # claimed and unsent; dispatch.send_unsent finds it by that time and its missing task row.
+    if SlideRun.objects.filter(pk=run.pk, aggregate_dispatched=False).update(aggregate_dispatched=True,
+                                                                             dispatched_at=timezone.now()):
         with transaction.atomic():
             _send_after_commit("predictions.cpu.aggregate_slide", run.prediction, [run.pk],
                                task_id=aggregate_task_id(run), priority=MAX_PRIORITY)
@@ -508,15 +511,19 @@ class InlineSteps:
         a reason, as on a worker; an error outside a step (the database is away) stops here.
         """
         while self.pending:
-            task_name, args = self.pending.popleft()
-            step = _INLINE_STEPS.get(task_name)
-            if step is None:
-                raise LookupError(f"{task_name} is not a prediction step; inline_steps() cannot run it.")
-            step(*args)
-            self.ran += 1
+            self.run_next()
             if progress:
                 progress(self)
         return self.ran
+
+    def run_next(self) -> None:
+        """Run the first step of the line."""
+        task_name, args = self.pending.popleft()
+        step = _INLINE_STEPS.get(task_name)
+        if step is None:
+            raise LookupError(f"{task_name} is not a prediction step; inline_steps() cannot run it.")
+        step(*args)
+        self.ran += 1
 
 
 # The functions behind the step tasks of tasks.py, by task name. A tile batch run here records

@@ -137,3 +137,40 @@ def test_a_step_counted_as_sent_but_never_sent_is_sent_by_the_minute_check(worke
     type(run).objects.filter(pk=run.pk).update(dispatched_at=timezone.now() - timedelta(minutes=2))
     maintenance.resend_queued()
     finished(prediction)
+
+
+def test_a_worker_restarted_after_dying_between_commit_and_publish_sends_what_it_left(workers, pipelines,
+                                                                                     make_slide, alice,
+                                                                                     monkeypatch):
+    """The same loss, recovered without beat: a worker killed mid-dispatch is restarted, and as
+    it starts it sends the steps recorded more than a second ago that have no task row."""
+    slide = make_slide(CMU_SLIDE)
+    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # recorded, never sent
+    prediction = submit(slide, pipelines["ihc-dab"], alice)
+    monkeypatch.undo()
+    time.sleep(3)
+    run = prediction.runs.get()
+    assert run.status == Status.RUNNING and run.batch_count is None, "the prepare never reached a worker"
+    workers.kill("cpu")
+    workers.start("cpu")
+    finished(prediction)
+
+
+def test_a_slide_whose_aggregate_was_claimed_and_never_sent_is_finished_by_a_restarted_worker(
+        workers, pipelines, make_slide, alice):
+    """A worker killed between claiming a slide's aggregate and sending it: the redelivered
+    batch finds the claim taken and sends nothing, so only the recovery can end the slide."""
+    slide = make_slide(CMU_SLIDE)
+    with engine.inline_steps() as steps:   # the slide's steps run here, up to its aggregate
+        prediction = submit(slide, pipelines["ihc-dab"], alice)
+        while steps.pending[0][0] != "predictions.cpu.aggregate_slide":
+            steps.run_next()
+        steps.pending.clear()              # the aggregate's message dies with its worker
+    run = prediction.runs.get()
+    run.refresh_from_db()
+    assert run.status == Status.RUNNING and run.aggregate_dispatched and run.batches.count() == run.batch_count
+    time.sleep(1.5)
+    workers.kill("cpu")
+    workers.start("cpu")
+    finished(prediction)
+    assert prediction.runs.get().metrics["tissue_area_px"] > 0
