@@ -377,6 +377,11 @@ def _claim_aggregate(run: SlideRun) -> bool:
 def aggregate(run_id: int) -> None:
     run = _live_run(run_id)
     if run is None:
+        # Redelivered after its worker was killed between ending the slide and advancing the
+        # prediction: the advance is what is left to do (it is idempotent).
+        prediction_id = SlideRun.objects.filter(pk=run_id).values_list("prediction_id", flat=True).first()
+        if prediction_id is not None:
+            advance(prediction_id)
         return
     code = run.prediction.pipeline.code
     model = _model_spec(run.prediction)

@@ -30,6 +30,24 @@ def test_a_prediction_runs_to_its_end_in_this_process(make_slide, pipelines):
     assert not TaskResult.objects.exists()   # no message was published
 
 
+def test_an_aggregate_redelivered_after_its_slide_ended_ends_the_prediction(make_slide, pipelines):
+    """A worker killed between ending the last slide and advancing its prediction: the message
+    comes again, and the slide's work is not redone, but the prediction ends."""
+    slide = make_slide(CMU_SLIDE)
+    with engine.inline_steps() as steps:
+        prediction = engine.submit(slide.experiment, pipelines["tissue-area"], [slide])
+        steps.run()
+    run = prediction.runs.get()
+    finished_at = run.finished_at
+    type(prediction).objects.filter(pk=prediction.pk).update(status=Status.RUNNING, finished_at=None)
+    with engine.inline_steps():
+        engine.aggregate(run.pk)
+    prediction.refresh_from_db()
+    run.refresh_from_db()
+    assert prediction.status == Status.SUCCEEDED and prediction.finished_at is not None
+    assert run.finished_at == finished_at   # not aggregated a second time
+
+
 def test_outside_inline_steps_the_steps_go_to_the_broker_again(make_slide, pipelines):
     from django_celery_results.models import TaskResult
 
