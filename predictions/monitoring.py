@@ -37,11 +37,14 @@ def workers(timeout: float = 1.0, use_cache: bool = True, wait: bool = True) -> 
     """The live workers: name, queues, pool size, tasks running now. [] when none answer.
 
     Each entry: {"name", "queues": [..], "concurrency", "active": [{"id", "name", "args",
-    "started_at", "worker_pid"}], "processed", "pid", "uptime_s"}.
+    "started_at", "worker_pid"}], "tasks_known", "processed", "pid", "uptime_s"}.
 
     A broadcast waits its whole timeout (a busy solo gpu worker answers only between two
     tasks), so pages pass wait=False: they get the last answer at once, however old (up to
-    WORKERS_KEEP_SECONDS), while one background thread of the process asks again.
+    WORKERS_KEEP_SECONDS), while one background thread of the process asks again. A process
+    with no answer yet (just started) shows the workers as they reported themselves to the
+    database (reported()), their tasks not known yet; it waits for the broadcast only when no
+    worker has reported either.
     """
     if use_cache:
         cached = cache.get(WORKERS_CACHE_KEY)
@@ -51,7 +54,23 @@ def workers(timeout: float = 1.0, use_cache: bool = True, wait: bool = True) -> 
             if not wait:
                 _refresh_in_background(timeout)
                 return cached["workers"]
+        elif not wait:
+            known = reported()
+            if known:
+                _refresh_in_background(timeout)
+                return known
     return _refresh(timeout)
+
+
+def reported() -> list[dict]:
+    """The workers heard from recently as they report themselves (WorkerSlots: when they start
+    and every minute), in workers()' shape; what they run is not known yet ("tasks_known")."""
+    from .dispatch import WORKER_SILENT_AFTER
+    from .models import WorkerSlots
+
+    rows = WorkerSlots.objects.filter(seen_at__gte=timezone.now() - WORKER_SILENT_AFTER).order_by("hostname")
+    return [{"name": w.hostname, "queues": sorted(w.queues or []), "concurrency": w.processes, "active": [],
+             "tasks_known": False, "processed": None, "pid": None, "uptime_s": None} for w in rows]
 
 
 # One broadcast at a time per process. Each of the three questions holds a connection of the
@@ -108,6 +127,7 @@ def _ask_workers(timeout: float) -> list[dict]:
             "queues": sorted(q.get("name", "") for q in answers["queues"].get(name) or []),
             "concurrency": pool.get("max-concurrency"),
             "active": [_task(t) for t in answers["active"].get(name) or []],
+            "tasks_known": True,
             "processed": sum((stats.get("total") or {}).values()),
             "pid": stats.get("pid"),
             "uptime_s": stats.get("uptime"),

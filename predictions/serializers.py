@@ -297,7 +297,9 @@ class WorkerSerializer(serializers.Serializer):
     queues = serializers.ListField(child=serializers.CharField())
     concurrency = serializers.IntegerField(allow_null=True)
     active = serializers.ListField(child=serializers.DictField())
-    processed = serializers.IntegerField()
+    tasks_known = serializers.BooleanField(help_text="False while a web process that has just started asks the "
+                                           "workers what they run: `active` is empty until it knows.")
+    processed = serializers.IntegerField(allow_null=True)
     pid = serializers.IntegerField(allow_null=True)
     uptime_s = serializers.IntegerField(allow_null=True)
 

@@ -72,3 +72,29 @@ def test_many_threads_asking_at_once_all_get_an_answer(workers):
     assert len(answers) == 12, f"{12 - len(answers)} of 12 threads still waiting for the broker"
     for found in answers:
         assert {workers.cpu_name, workers.gpu_name} <= {w["name"] for w in found}
+
+
+@pytest.mark.django_db
+def test_a_fresh_web_process_shows_the_reported_workers_without_waiting_for_a_broadcast(alice_client, monkeypatch):
+    """A web process just started has no answer from the workers yet: its first page shows the
+    workers as they reported themselves to the database, and asks what they run in the
+    background. Here the broadcast never answers until the test lets it: a page that waited for
+    it would hang."""
+    import threading
+    from datetime import timedelta
+
+    from predictions import monitoring
+    from predictions.models import WorkerSlots
+
+    cache.clear()
+    now = timezone.now()
+    WorkerSlots.objects.create(hostname="cpu@reported", queues=["cpu"], processes=2, seen_at=now)
+    WorkerSlots.objects.create(hostname="gpu@long-gone", queues=["gpu"], processes=1, seen_at=now - timedelta(hours=1))
+    answered = threading.Event()
+    monkeypatch.setattr(monitoring, "_ask_workers", lambda timeout: answered.wait(30) and [])
+    try:
+        page = alice_client.get(reverse("predictions:dashboard_live")).content.decode()
+    finally:
+        answered.set()
+    assert "cpu@reported" in page and "2 processes" in page and "asking…" in page
+    assert "gpu@long-gone" not in page
