@@ -313,6 +313,10 @@ HISTOIA_LAB_STORAGE_QUOTA_GB = env.int("HISTOIA_LAB_STORAGE_QUOTA_GB", default=5
 # queue's worker processes can run plus this many ready to start: enough that no process waits
 # for its next step, few enough that the queue's order is the order of execution.
 HISTOIA_DISPATCH_AHEAD = env.int("HISTOIA_DISPATCH_AHEAD", default=1)
+# A tile batch is at least this many seconds of work at the speed its pipeline was measured at
+# on its queue (engine.prepare): on a fast worker (a GPU) a batch sized for progress would
+# take less than its own fixed cost (a message, a claim, a row). 0: the pipelines' own sizing.
+HISTOIA_MIN_BATCH_SECONDS = env.float("HISTOIA_MIN_BATCH_SECONDS", default=1.0)
 # Worker processes per queue assumed until workers report themselves (they do as they start).
 HISTOIA_DEFAULT_PROCESSES = {"cpu": env.int("HISTOIA_DEFAULT_CPU_PROCESSES", default=2),
                              "gpu": env.int("HISTOIA_DEFAULT_GPU_PROCESSES", default=1)}

@@ -37,7 +37,7 @@ from experiments.slide_files import SlideFileError, SlideReader
 from histoia.queues import MAX_PRIORITY
 from histoia.spreadsheet import dict_writer
 
-from . import detections, dispatch
+from . import detections, dispatch, queueing
 from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
 from .models import result_path
 from .pipelines import ParamError, Plan, Prepared
@@ -269,6 +269,15 @@ def _model_spec(prediction):
     return prediction.model.spec() if prediction.model_id else None
 
 
+def _batch_floor(pipeline_name: str) -> int:
+    """Tiles that one worker process of the pipeline's queue was measured to do in
+    HISTOIA_MIN_BATCH_SECONDS (0 before it has run here: the pipeline's own sizing holds)."""
+    measured = queueing.throughput(pipeline_name, fresh=True)
+    if measured.no_history or not settings.HISTOIA_MIN_BATCH_SECONDS:
+        return 0
+    return int(measured.tiles_per_second * settings.HISTOIA_MIN_BATCH_SECONDS)
+
+
 def prepare(run_id: int) -> None:
     run = _live_run(run_id)
     if run is None:
@@ -281,6 +290,9 @@ def prepare(run_id: int) -> None:
                 prepared = code.prepare(reader, run.prediction.params, _model_spec(run.prediction),
                                         stain=run.declared_stain)
             run.tissue_mask.name = _store(run, "tissue_mask.png", _png(_mask_image(prepared.mask)))
+            if prepared.plan.tiles:
+                prepared.plan.batch_size = code.batch_size(len(prepared.plan.tiles), prepared.plan.tile_size,
+                                                           at_least=_batch_floor(run.prediction.pipeline.name))
             run.plan = prepared.plan.to_json()
             run.stain_estimate = prepared.plan.extras.get("stain")
             run.total_units = len(prepared.plan.tiles) + 2

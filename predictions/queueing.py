@@ -77,19 +77,20 @@ class Throughput:
                 "batches_measured": self.batches_measured, "no_history": self.no_history, "note": self.note}
 
 
-def throughput(pipeline: Pipeline | str) -> Throughput:
+def throughput(pipeline: Pipeline | str, fresh: bool = False) -> Throughput:
     """Tiles per second of one worker process for this pipeline, from its recent BatchResults,
     and what its slides cost by size, from its recent successful slide runs.
 
     Measured over every version of the pipeline (same name); with no history, a conservative
-    default per queue, and `no_history` says so.
+    default per queue, and `no_history` says so. fresh: measured now, not the figure cached for
+    the pages (CACHE_SECONDS).
     """
     if isinstance(pipeline, str):
         pipeline = Pipeline.objects.filter(name=pipeline).order_by("-created_at").first() or Pipeline(name=pipeline)
     name, queue = pipeline.name, pipeline.batch_queue or "cpu"
     tiled = any(step.get("name") == "tiles" for step in pipeline.steps or [])
     key = f"histoia:throughput:{name}"
-    cached = cache.get(key)
+    cached = None if fresh else cache.get(key)
     if cached is not None:
         return cached
     batches = list(BatchResult.objects.filter(run__prediction__pipeline__name=name, seconds__gt=0)

@@ -338,7 +338,8 @@ class BasePipeline(ABC):
     # work), so that large slides are not cut into hundreds of sub-second tasks whose fixed cost
     # (a message, a claim, the slide opened, a row written) would add up; but a slide keeps at
     # least MIN_BATCHES batches when it has the tiles for them, so progress still moves in small
-    # steps, and a batch never has fewer than BATCH_SIZE tiles.
+    # steps, and a batch never has fewer than BATCH_SIZE tiles. The platform may ask for more
+    # tiles per batch than progress needs (batch_size's at_least: see engine.prepare).
     BATCH_SIZE = 16
     BATCH_PIXELS = 2**24
     MIN_BATCHES = 20
@@ -457,10 +458,11 @@ class BasePipeline(ABC):
         """Why this pipeline refuses slides declared with this stain (None: it takes them)."""
         return None
 
-    def batch_size(self, tiles: int, tile_size: int) -> int:
-        """Tiles per batch for a slide with this many tiles of this side (see BATCH_PIXELS)."""
+    def batch_size(self, tiles: int, tile_size: int, at_least: int = 0) -> int:
+        """Tiles per batch for a slide with this many tiles of this side (see BATCH_PIXELS);
+        at_least: no fewer than this, up to BATCH_PIXELS' worth."""
         by_pixels = max(1, self.BATCH_PIXELS // (tile_size * tile_size))
-        for_progress = max(self.BATCH_SIZE, math.ceil(tiles / self.MIN_BATCHES))
+        for_progress = max(self.BATCH_SIZE, math.ceil(tiles / self.MIN_BATCHES), at_least)
         return max(self.BATCH_SIZE, min(by_pixels, for_progress))
 
     def analysis_resolution(self, params: dict, model: ModelSpec | None) -> tuple[float, int]:

@@ -46,7 +46,7 @@ class TissueClassifier(BasePipeline):
                                        self.INFERENCE_BATCH)
         rows = []
         for _, tiles in loader:
-            probs = classify(net, to_batch_tensor(tiles, model.mean, model.std), device)
+            probs = classify(net, to_batch_tensor(tiles, model.mean, model.std, device), device)
             for p in probs:
                 rows.append({"class": model.class_names[int(p.argmax())],
                              **{f"p_{name}": round(float(v), 5) for name, v in zip(model.class_names, p)}})
@@ -88,10 +88,11 @@ _MODEL_CACHE: dict[str, tuple] = {}
 
 def loaded_model(spec: ModelSpec):
     """The model on this worker's device, loaded once per process (keyed by file checksum)."""
-    from predictions.imaging.inference import load_torchscript, pick_device
+    from predictions.imaging.inference import load_torchscript, pick_device, use_one_cpu_thread_on_gpu
 
     if spec.sha256 not in _MODEL_CACHE:
         device = pick_device()
+        use_one_cpu_thread_on_gpu(device)
         _MODEL_CACHE.clear()  # one model resident at a time: GPU memory is the scarce thing
         _MODEL_CACHE[spec.sha256] = (load_torchscript(spec.path, device), device)
     return _MODEL_CACHE[spec.sha256]
