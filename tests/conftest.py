@@ -265,7 +265,21 @@ def workers(celery_workers, transactional_db):
     for kind in ("cpu", "gpu"):
         if kind not in celery_workers.procs or celery_workers.procs[kind].poll() is not None:
             celery_workers.start(kind)
-    return celery_workers
+    yield celery_workers
+    _let_running_steps_end()
+
+
+def _let_running_steps_end(timeout: float = 15.0) -> None:
+    """Wait (a little) for the steps still running on the workers to end before the database is
+    emptied: a prediction is final before the step that ended it returns (it goes on to
+    dispatch), and the flush's TRUNCATE deadlocked with that step's last queries. A step left
+    "started" by a killed worker is not waited for beyond `timeout`."""
+    from celery import states
+    from django_celery_results.models import TaskResult
+
+    deadline = time.monotonic() + timeout
+    while TaskResult.objects.filter(status=states.STARTED).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def real_stack_required() -> bool:
