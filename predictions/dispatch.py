@@ -21,7 +21,7 @@ What is "in the window" is counted from the database, never from the broker: pre
 row lock per queue (DispatchLock), so two dispatchers never fill the same slot. A message is sent
 after the commit that records it; if the broker refuses it, the record is undone and the next
 dispatch sends it again; if the dispatcher dies between the two, send_unsent() sends it when a
-worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
+worker starts, or within a minute or two (beat). A worker starting also fills the windows. A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
 Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
@@ -345,6 +345,10 @@ def _worker_ready(sender=None, **kwargs):
     # are not in a live dispatcher's few milliseconds between commit and publish; one that is
     # costs a duplicate message, which the step ignores.
     _quietly(lambda: send_unsent(older_than=timedelta(seconds=1)), "could not send the steps left unsent")
+    # Then the windows, which this worker's processes have just made larger. It also covers a
+    # worker killed after a step's result was written and before that step dispatched: nothing
+    # was lost, but nothing was coming either until the next step ended somewhere.
+    _quietly(dispatch_all, "could not dispatch as the worker started")
 
 
 @signals.heartbeat_sent.connect

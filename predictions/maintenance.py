@@ -129,11 +129,15 @@ def sweep_stuck(*, now=None, stale_after: timedelta | None = None, max_requeues:
         work = outstanding_work(prediction)
         if not work:
             continue
-        ids = [w.task_id for w in work]
         if active_ids is _ASK:
             active_ids = monitoring.active_task_ids(use_cache=False) or set()
-        if any(i in active_ids for i in ids) and now - moved < stale_after + longest_task:
-            continue   # one of its steps is running on a live worker right now
+        if now - moved < stale_after + longest_task:
+            # A step running on a live worker right now is not lost; the others may be (a worker
+            # killed after the last progress, while the dispatcher filled its freed slot).
+            work = [w for w in work if w.task_id not in active_ids]
+            if not work:
+                continue
+        ids = [w.task_id for w in work]
         if depths is None:
             depths = monitoring.queue_depths(use_cache=False)
         pending = set(TaskResult.objects.filter(task_id__in=ids, status=states.PENDING)

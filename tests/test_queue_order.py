@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from predictions import engine, queueing
+from predictions import dispatch, engine, queueing
 from predictions.models import Prediction, Status
 from tests.conftest import CMU_SLIDE, wait_final
 from tests.factories import ExperimentFactory, MemberFactory
@@ -154,6 +154,27 @@ def test_a_worker_restarted_after_dying_between_commit_and_publish_sends_what_it
     workers.kill("cpu")
     workers.start("cpu")
     finished(prediction)
+
+
+def test_a_worker_restarted_after_dying_before_it_dispatched_fills_the_window(workers, pipelines, make_slide,
+                                                                            alice, monkeypatch):
+    """A worker killed after a batch's result was written and before it sent the next batches:
+    nothing it was sent is lost, but nothing more is coming either. The restarted worker fills
+    the window as it starts, without waiting for beat."""
+    slide = make_slide(CMU_SLIDE)
+    with engine.inline_steps() as steps:   # the slide's steps run here, up to its first batches
+        prediction = submit(slide, pipelines["ihc-dab"], alice)
+        while not steps.pending[0][0].endswith(".tile_batch"):
+            steps.run_next()
+        monkeypatch.setattr(dispatch, "dispatch_all", lambda *args, **kwargs: None)   # dies before it
+        steps.run()
+        monkeypatch.undo()
+    run = prediction.runs.get()
+    assert run.status == Status.RUNNING and 0 < run.batches.count() == run.batches_sent < run.batch_count
+    workers.kill("cpu")
+    workers.start("cpu")
+    finished(prediction)
+    assert prediction.runs.get().batches.count() == run.batch_count
 
 
 def test_a_slide_whose_aggregate_was_claimed_and_never_sent_is_finished_by_a_restarted_worker(
