@@ -101,9 +101,10 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # A worker machine that vanishes mid-transaction (a power cut, a cable pulled) leaves its
     # session open on the server until TCP gives up, which takes hours; a row lock it held (the
-    # dispatcher's, a slide's) would stop every other worker meanwhile. No transaction here waits
-    # on anything but the database, so one idle this long belongs to a client that is gone.
-    _idle_ms = env.int("DATABASE_IDLE_TRANSACTION_SECONDS", default=300) * 1000
+    # dispatcher's, a slide's) would stop every other worker meanwhile. The only transactions that
+    # wait on something else are uploads of several files (each file is copied into storage
+    # inside one transaction): the default leaves room for copying tens of GB to slow storage.
+    _idle_ms = env.int("DATABASE_IDLE_TRANSACTION_SECONDS", default=1800) * 1000
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c idle_in_transaction_session_timeout={_idle_ms}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

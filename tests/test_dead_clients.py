@@ -37,7 +37,7 @@ with transaction.atomic():
 def test_the_sessions_have_the_idle_transaction_timeout(db, settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT setting FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'")
-        assert int(cursor.fetchone()[0]) == 300_000   # ms: DATABASE_IDLE_TRANSACTION_SECONDS' default
+        assert int(cursor.fetchone()[0]) == 1_800_000   # ms: DATABASE_IDLE_TRANSACTION_SECONDS' default
 
 
 def test_a_dispatcher_frozen_while_holding_the_lock_holds_the_others_only_until_the_timeout(transactional_db):
