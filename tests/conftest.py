@@ -27,7 +27,7 @@ CMU_SLIDE = SLIDES / "cmu-1-small-region.svs"
 BROKEN_SLIDE = SLIDES / "broken.svs"
 ARTIFACTS = REPO / "test-artifacts"
 PASSWORD = "correct horse battery staple"
-# One line per fault scenario (tests/test_faults.py), printed at the end of the run so that CI's
+# One line per fault scenario (tests/faults.py counts them), printed at the end of the run so that CI's
 # log shows the counts without -s.
 FAULT_COUNTS = pytest.StashKey[list]()
 
@@ -37,10 +37,24 @@ def fault_counts(request) -> list:
     return request.config.stash.setdefault(FAULT_COUNTS, [])
 
 
+@pytest.fixture
+def slides(make_slide, demo_model):
+    """The fault suites' slides (tests/faults.py): three copies of the CMU slide."""
+    return [make_slide(CMU_SLIDE, f"case-{i}.svs") for i in range(3)]
+
+
+@pytest.fixture
+def reference(request, workers, pipelines, slides):
+    """The figures of an undisturbed round on the session's workers (tests/faults.py)."""
+    from tests.faults import reference_figures
+
+    return reference_figures(request, pipelines, slides, workers)
+
+
 def pytest_terminal_summary(terminalreporter):
     lines = terminalreporter.config.stash.get(FAULT_COUNTS, [])
     if lines:
-        terminalreporter.section("fault scenarios (tests/test_faults.py)")
+        terminalreporter.section("fault scenarios (tests/test_faults.py, test_hosts.py, test_broker_cluster.py)")
         for line in lines:
             terminalreporter.write_line(line)
 
@@ -219,6 +233,14 @@ class Workers:
         proc = self.procs.pop(kind)
         os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
+
+    def restart_exited(self):
+        """Start again a worker that exited, as the deployment's supervisor would."""
+        for kind, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                print(f"\n[faults] the {kind} worker exited ({proc.returncode}); supervisor starts it again")
+                self.procs.pop(kind)
+                self.start(kind)
 
     def stop_all(self):
         for kind, proc in list(self.procs.items()):
