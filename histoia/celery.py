@@ -44,6 +44,12 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
+    # A worker whose link to RabbitMQ went down for a while finds its connection broken before
+    # RabbitMQ does (heartbeats are off, histoia/settings.py), and reconnects. Its control queue
+    # (the pidbox, which answers the monitoring page's questions) must not be exclusive to the
+    # old connection, or the worker stops with RESOURCE_LOCKED instead of carrying on. The old
+    # queue expires on its own once unused (control_queue_expires).
+    control_queue_exclusive=False,
     # A worker sending a step's next messages rides out a broker restart (about a minute)
     # instead of failing the step; the web process passes a shorter policy (engine.send_start).
     task_publish_retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 0.5,
