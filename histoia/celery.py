@@ -7,6 +7,7 @@ to one of the two queues; there is no `celery` queue that no worker reads.
 import os
 
 from celery import Celery, signals
+from django.conf import settings
 from kombu import Exchange, Queue
 
 from .queues import MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
@@ -17,11 +18,35 @@ app = Celery("histoia")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 _exchange = Exchange("histoia", type="direct", durable=True)
-# x-max-priority lets "urgent" predictions overtake waiting normal work on RabbitMQ. It must be
-# declared from the start: RabbitMQ refuses to redeclare a queue with other arguments.
+
+
+def queue_arguments(queue_type: str) -> dict:
+    """The arguments the cpu and gpu queues are declared with (CELERY_BROKER_QUEUE_TYPE).
+
+    They must be right from the start: RabbitMQ refuses to redeclare a queue with other
+    arguments.
+    """
+    if queue_type == "quorum":
+        # Replicated on the cluster's nodes: a message RabbitMQ has confirmed survives the loss
+        # of any one node. What it costs: RabbitMQ 3.x quorum queues take no x-max-priority and
+        # deliver in publish order, so message priority is ignored. A slide's aggregate, a gpu
+        # prediction's prepare and an urgent prediction's start then wait behind the messages
+        # already in the queue; but the dispatcher (predictions/dispatch.py) keeps only a small
+        # window of each queue's work in the broker, sent in run order, so the order the queue
+        # pages show is mostly kept and such a message waits for a few steps at most.
+        # Workers see the type here (worker_detect_quorum_queues) and turn off global QoS,
+        # which quorum queues refuse. A step retried after a database outage (a countdown,
+        # predictions/tasks.py) still runs: the worker holds the message until its time, as on
+        # a classic queue, but its prefetch is then fixed, so the message keeps one of the
+        # worker's places meanwhile (a solo gpu worker takes nothing else; a minute at most).
+        return {"x-queue-type": "quorum"}
+    # x-max-priority lets "urgent" predictions overtake waiting normal work on RabbitMQ.
+    return {"x-max-priority": MAX_PRIORITY}
+
+
 QUEUES = {
     name: Queue(name, _exchange, routing_key=name, durable=True,
-                queue_arguments={"x-max-priority": MAX_PRIORITY})
+                queue_arguments=queue_arguments(settings.CELERY_BROKER_QUEUE_TYPE))
     for name in QUEUE_NAMES
 }
 
@@ -94,3 +119,26 @@ def lower_worker_priority(**kwargs):
 
     if settings.CELERY_WORKER_NICENESS:
         os.nice(settings.CELERY_WORKER_NICENESS)
+
+
+@signals.celeryd_init.connect
+def leave_out_native_delayed_delivery(conf=None, **kwargs):
+    """On quorum queues, start the worker without Celery's native delayed delivery.
+
+    Celery sets it up as soon as it sees a quorum queue: 28 more quorum queues and their
+    exchanges, declared through every node of CELERY_BROKER_URL whenever a worker connects. It
+    cannot serve Histo-IA: it routes only through topic or fanout exchanges, and ours is direct,
+    so a countdown is kept by the worker as on classic queues (queue_arguments above) and those
+    queues stay empty. And it costs: each time a worker connects again after losing its node, it
+    tries the dead node over and over (about 17 s here) before it takes any work.
+    """
+    if settings.CELERY_BROKER_QUEUE_TYPE != "quorum":
+        return
+    from celery.worker.consumer import Consumer
+
+    class ConsumerWithoutDelayedDelivery(Consumer):
+        class Blueprint(Consumer.Blueprint):
+            default_steps = [step for step in Consumer.Blueprint.default_steps
+                             if not step.endswith(":DelayedDelivery")]
+
+    conf.worker_consumer = ConsumerWithoutDelayedDelivery

@@ -261,8 +261,21 @@ SPECTACULAR_SETTINGS = {
 # Read by histoia/celery.py (namespace CELERY_). The broker defaults to kombu's filesystem
 # transport: folders under var/broker, polled often enough that a click feels immediate.
 BROKER_DIR = VAR_DIR / "broker"
+# Several RabbitMQ nodes of one cluster are listed separated by ";" (amqp://u:p@rabbit-1:5672/v;
+# amqp://u:p@rabbit-2:5672/v;...): every process connects to the first that answers and moves
+# to the next when its node goes away (docs/deploy.md, "RabbitMQ cluster").
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_IS_AMQP = CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
+# The type of the cpu and gpu queues on RabbitMQ: "classic" (a single node), or "quorum" (a
+# cluster of three or more nodes: the queues and their messages are replicated, and survive the
+# loss of any one node). Chosen once per broker: RabbitMQ refuses to declare an existing queue
+# again with another type, so switching means deleting the two queues while they are empty.
+CELERY_BROKER_QUEUE_TYPE = env("CELERY_BROKER_QUEUE_TYPE", default="classic")
+if CELERY_BROKER_QUEUE_TYPE not in ("classic", "quorum"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_QUEUE_TYPE must be classic or quorum, not {CELERY_BROKER_QUEUE_TYPE!r}")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)

@@ -209,7 +209,9 @@ def _amqp_depths() -> dict[str, int | None]:
     depths = dict.fromkeys(QUEUE_NAMES)
     try:
         with current_app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            # A cluster's nodes (CELERY_BROKER_URL lists them) are tried once each, in turn, so
+            # a node that is down leaves the question to the next; a single broker gets two tries.
+            conn.ensure_connection(max_retries=max(len(conn.alt) - 1, 1), timeout=2)
             channel = conn.default_channel
             for name in QUEUE_NAMES:
                 try:
