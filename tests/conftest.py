@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -234,6 +235,16 @@ class Workers:
         os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
 
+    @contextmanager
+    def running(self):
+        """The cpu and gpu workers started, and stopped again however the block ends."""
+        try:
+            self.start("cpu")
+            self.start("gpu")
+            yield self
+        finally:
+            self.stop_all()
+
     def restart_exited(self):
         """Start again a worker that exited, as the deployment's supervisor would."""
         for kind, proc in list(self.procs.items()):
@@ -272,13 +283,8 @@ def celery_workers(django_db_setup, django_db_blocker, tmp_path_factory):
     # Messages left by an earlier, interrupted run would name rows of another database.
     with django_db_blocker.unblock():
         app.control.purge()
-    workers = Workers(env, ARTIFACTS)
-    try:
-        workers.start("cpu")
-        workers.start("gpu")
+    with Workers(env, ARTIFACTS).running() as workers:
         yield workers
-    finally:
-        workers.stop_all()
 
 
 @pytest.fixture

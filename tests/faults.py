@@ -6,8 +6,13 @@ figures that differ from an undisturbed run. The only acceptable outcome is ever
 succeeded, with identical figures and nothing duplicated, lost or stuck.
 """
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -17,6 +22,7 @@ from django_celery_results.models import TaskResult
 from predictions import engine, maintenance
 from predictions.models import BatchResult, Prediction, Status
 from predictions.pipelines import Plan
+from tests.conftest import REPO, free_port, healthz_answers, wait_for
 
 # The figures of an undisturbed round, computed once per test run (the same slides and
 # parameters always give the same figures: that is what every scenario checks).
@@ -122,3 +128,33 @@ def wait_started(task_name, timeout=120):
             return
         time.sleep(0.1)
     raise AssertionError(f"no {task_name} started within {timeout}s")
+
+
+class WebProcess:
+    """A web process (gunicorn, as in docker/) on this host, that a scenario kills and starts
+    again; stopped when the `with` block ends."""
+
+    def __init__(self, env: dict):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        self.command = ["gunicorn", "histoia.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"]
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: healthz_answers(self.base), timeout=60, message="gunicorn up")
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)

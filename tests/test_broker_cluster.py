@@ -110,13 +110,8 @@ def cluster_env(cluster, transactional_db, settings) -> dict:
 def cluster_workers(cluster_env):
     log_dir = ARTIFACTS / "broker-cluster"
     log_dir.mkdir(parents=True, exist_ok=True)
-    workers = ClusterWorkers(cluster_env, log_dir)
-    try:
-        workers.start("cpu")
-        workers.start("gpu")
+    with ClusterWorkers(cluster_env, log_dir).running() as workers:
         yield workers
-    finally:
-        workers.stop_all()
 
 
 @pytest.fixture

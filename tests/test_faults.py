@@ -13,16 +13,14 @@ across hosts are in tests/test_hosts.py.
 """
 
 import os
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from django.db import connection
 
-from tests.conftest import REPO, free_port, healthz_answers, http_login, real_stack_required, wait_for
-from tests.faults import assert_clean, counts, settle, submit_round, wait_started
+from tests.conftest import http_login, real_stack_required
+from tests.faults import WebProcess, assert_clean, counts, settle, submit_round, wait_started
 
 pytestmark = [
     pytest.mark.worker,
@@ -54,7 +52,7 @@ def test_rabbitmq_restart(workers, pipelines, slides, reference, fault_counts):
 def test_postgresql_restart(workers, pipelines, slides, reference, fault_counts):
     predictions = submit_round(pipelines, slides)
     wait_started("predictions.cpu.tile_batch")
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    version = max(os.listdir("/etc/postgresql"))
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
                    check=True, capture_output=True, timeout=120)
     connection.close()
@@ -64,26 +62,11 @@ def test_postgresql_restart(workers, pipelines, slides, reference, fault_counts)
 
 def test_web_restart_loses_nothing(workers, pipelines, slides, reference, celery_workers, fault_counts):
     """The web process holds no work: predictions submitted through it go on while it restarts."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(celery_workers.env, PATH=f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    command = ["gunicorn", "histoia.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"]
-
-    def start():
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        wait_for(lambda: healthz_answers(base), timeout=60, message="gunicorn up")
-        return proc
-
-    web = start()
-    try:
+    with WebProcess(celery_workers.env) as web:
         predictions = submit_round(pipelines, slides)
-        os.killpg(web.pid, signal.SIGKILL)  # the web process dies mid-flight
-        web.wait(timeout=30)
-        web = start()
-        http = http_login(base, slides[0].experiment.created_by.username)
+        web.kill()   # the web process dies mid-flight
+        web.start()
+        http = http_login(web.base, slides[0].experiment.created_by.username)
         settle(predictions, workers.restart_exited)
-        assert http.get(f"{base}/predictions/{predictions[0].pk}/").status_code == 200
-    finally:
-        os.killpg(web.pid, signal.SIGTERM)
+        assert http.get(f"{web.base}/predictions/{predictions[0].pk}/").status_code == 200
     assert_clean(counts("web process killed and restarted", predictions, reference, fault_counts))

@@ -23,8 +23,8 @@ import pytest
 
 from histoia.celery import app
 from tests import hosts
-from tests.conftest import ARTIFACTS, REPO, real_stack_required, wait_for
-from tests.faults import assert_clean, counts, settle, submit_round, wait_started
+from tests.conftest import ARTIFACTS, REPO, http_login, real_stack_required, wait_for
+from tests.faults import WebProcess, assert_clean, counts, settle, submit_round, wait_started
 
 available, why = hosts.available()
 pytestmark = [
@@ -135,3 +135,18 @@ def test_a_slow_host_beside_a_fast_one_holds_nothing_up(lab, pipelines, slides, 
     predictions = submit_round(pipelines, slides)
     settle(predictions)
     assert_clean(counts("one cpu host at a fifth of a core, one not", predictions, reference, fault_counts))
+
+
+def test_the_web_host_restarted_while_the_worker_hosts_work(lab, celery_workers, pipelines, slides, reference,
+                                                            fault_counts):
+    lab.host("cpu-1", "cpu", processes=2)
+    lab.host("gpu-1", "gpu")
+    with WebProcess(celery_workers.env) as web:   # on the main host
+        predictions = submit_round(pipelines, slides)
+        wait_started("predictions.cpu.tile_batch")
+        web.kill()
+        web.start()
+        http = http_login(web.base, slides[0].experiment.created_by.username)
+        settle(predictions)
+        assert http.get(f"{web.base}/predictions/{predictions[0].pk}/").status_code == 200
+    assert_clean(counts("web host restarted, worker hosts working", predictions, reference, fault_counts))
