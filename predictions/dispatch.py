@@ -21,12 +21,13 @@ What is "in the window" is counted from the database, never from the broker: pre
 row lock per queue (DispatchLock), so two dispatchers never fill the same slot. A message is sent
 after the commit that records it; if the broker refuses it, the record is undone and the next
 dispatch sends it again; if the dispatcher dies between the two, send_unsent() sends it when a
-worker starts, or within a minute or two (beat). A worker starting also fills the windows. A redelivered message (a worker killed mid-task) is still counted, so a
+worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
-once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
-sends again what a broker that was away refused.
+Who dispatches: the worker that runs a submit's start message (never the request itself, so a
+submit costs the same however much waits), the web process after a cancel, a worker after each
+step, and beat once a minute (with the re-send of queued predictions, predictions/maintenance.py),
+which also sends again what a broker that was away refused.
 """
 
 from __future__ import annotations
@@ -341,14 +342,16 @@ def _worker_set_up(sender=None, instance=None, **kwargs):
 
 @signals.worker_ready.connect
 def _worker_ready(sender=None, **kwargs):
-    # The steps a killed worker recorded and never sent (send_unsent). Any older than a second
-    # are not in a live dispatcher's few milliseconds between commit and publish; one that is
-    # costs a duplicate message, which the step ignores.
-    _quietly(lambda: send_unsent(older_than=timedelta(seconds=1)), "could not send the steps left unsent")
-    # Then the windows, which this worker's processes have just made larger. It also covers a
-    # worker killed after a step's result was written and before that step dispatched: nothing
-    # was lost, but nothing was coming either until the next step ended somewhere.
-    _quietly(dispatch_all, "could not dispatch as the worker started")
+    # The steps a killed worker recorded and never sent (send_unsent), however recent: a worker
+    # restarted at once by its supervisor is ready within a second of the kill, and a step it
+    # recorded just before dying would otherwise wait for beat, or for ever where the run keeps
+    # dispatching (its dispatched_at stays recent). A step that a live dispatcher is publishing
+    # at this very moment goes twice, and the step ignores the second message.
+    _quietly(lambda: send_unsent(older_than=timedelta(0)), "could not send the steps left unsent")
+    # Nothing else is published from here: the worker's main process is not where steps are
+    # sent (the next step to end, on a pool process, fills the windows). A dispatch here, at
+    # every start, was followed now and then by a pool process's next step never reaching the
+    # queue (tests/test_queue_order.py, a worker killed mid-queue), and was taken out.
 
 
 @signals.heartbeat_sent.connect

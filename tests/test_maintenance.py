@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from histoia.celery import app
-from predictions import engine, maintenance
+from predictions import dispatch, engine, maintenance
 from predictions.models import BatchResult, Prediction, SlideRun, Status
 from predictions.pipelines import Plan
 from predictions.tasks import expire_task_results, sweep_stuck_predictions
@@ -154,6 +154,23 @@ def test_sweep_sends_again_the_lost_steps_beside_one_still_running(stuck):
                                                    engine.aggregate_task_id(runs[2])]}
 
 
+def test_a_starting_worker_sends_a_step_recorded_a_moment_ago_and_never_sent(pipeline_rows, experiment, monkeypatch,
+                                                                             django_capture_on_commit_callbacks):
+    """A worker killed between a dispatch's commit and its publish, and restarted at once."""
+    slide = SlideFactory(experiment=experiment, source=None, status="ready", width=2220, height=2967)
+    sent = []
+    monkeypatch.setattr(engine, "send_start", lambda prediction: None)
+    prediction = engine.submit(experiment, pipeline_rows["ihc-dab"], [slide])
+    monkeypatch.setattr(engine, "publish", lambda name, args, **kwargs: None)   # dies before it publishes
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.dispatch_all()
+    run = prediction.runs.get()
+    assert run.status == Status.RUNNING and run.batch_count is None   # the prepare, recorded
+    monkeypatch.setattr(engine, "publish", lambda name, args, **kwargs: sent.append((name, args)))
+    dispatch._worker_ready()
+    assert sent == [("predictions.cpu.prepare_slide", [run.pk])]
+
+
 def test_sweep_finishes_a_prediction_whose_last_advance_was_lost(stuck):
     prediction, runs = stuck
     SlideRun.objects.filter(prediction=prediction).update(status=Status.SUCCEEDED, metrics={})
@@ -191,8 +208,7 @@ def test_sweep_requeues_the_work_of_a_prediction_whose_worker_disappeared(worker
     done = set(run.batches.values_list("index", flat=True))
     lost = {engine.batch_task_id(run, i) for i in range(run.batches_sent) if i not in done}
     assert lost and prediction.status == Status.RUNNING, "some batches must be lost"
-    # The restarted worker fills the window's free slots (if the dead one had finished a batch
-    # without dispatching after it); the lost batches still hold theirs.
+    # A new worker starts; the lost batches still hold their places in the window.
     workers.start("cpu")
     time.sleep(2)
 

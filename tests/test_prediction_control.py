@@ -3,7 +3,9 @@
 import time
 
 import pytest
+from celery import states
 from django.urls import reverse
+from django_celery_results.models import TaskResult
 
 from experiments.slide_files import SlideReader
 from histoia.celery import app
@@ -33,8 +35,11 @@ def test_cancel_a_running_prediction_from_its_page(workers, pipelines, make_slid
     assert prediction.status == Status.CANCELLED
     assert prediction.cancelled_by == alice and prediction.cancelled_at is not None
 
-    # Work stops at the next batch boundary: at most the batches already running finish.
-    time.sleep(1.5)
+    # Work stops at the next batch boundary: at most the batches already running finish (each
+    # is a second or two of work).
+    wait_for(lambda: not TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-",
+                                                   status=states.STARTED).exists(),
+             timeout=30, message="the batches running at the cancel to end")
     settled = batch_count()
     time.sleep(3)
     assert batch_count() == settled
