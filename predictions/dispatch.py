@@ -24,10 +24,9 @@ dispatch sends it again; if the dispatcher dies between the two, send_unsent() s
 worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the worker that runs a submit's start message (never the request itself, so a
-submit costs the same however much waits), the web process after a cancel, a worker after each
-step, and beat once a minute (with the re-send of queued predictions, predictions/maintenance.py),
-which also sends again what a broker that was away refused.
+Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
+once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
+sends again what a broker that was away refused.
 """
 
 from __future__ import annotations

@@ -132,9 +132,10 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
                      declared_stain=stains[s.pk]) for s in slides
         ])
-        # The request does nothing more: the worker that takes the start message dispatches
-        # (predictions/dispatch.py), so a submit costs its rows and one publish whatever waits.
         send_start(prediction)
+        # Started here at once when the workers have room; else when its turn comes. Only its
+        # pipeline's queue can have changed (its prepare counts in that queue's window too).
+        transaction.on_commit(lambda: dispatch.dispatch_all([pipeline_row.batch_queue], quick=True))
     return prediction
 
 
@@ -146,13 +147,11 @@ def current_model(model_name: str) -> RegisteredModel | None:
 def send_start(prediction: Prediction) -> None:
     """Send the start message after commit; a broker that is away does not fail the submit.
 
-    At the highest priority: it only dispatches (a few milliseconds on a cpu worker), and a
-    prediction whose turn has come must not wait behind the steps already queued to be started.
     The prediction stays queued and predictions.cpu.resend_queued_predictions sends it again
     (it finds no task row for start_task_id: the row written at publish time is removed here).
     """
     _send_after_commit("predictions.cpu.start_prediction", prediction, [prediction.pk],
-                       task_id=start_task_id(prediction), robust=True, priority=MAX_PRIORITY)
+                       task_id=start_task_id(prediction), robust=True)
 
 
 def _send_after_commit(task_name, prediction, args, task_id=None, robust=False, priority=None):

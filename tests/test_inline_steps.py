@@ -17,8 +17,9 @@ def test_a_prediction_runs_to_its_end_in_this_process(make_slide, pipelines):
     slide = make_slide(CMU_SLIDE)
     with engine.inline_steps() as steps:
         prediction = engine.submit(slide.experiment, pipelines["nuclei-density"], [slide], {"tile_size": 512})
-        # The start message only: the step that runs it dispatches.
-        assert [name for name, _ in steps.pending] == ["predictions.cpu.start_prediction"]
+        # The start message, and (the queue being empty) the dispatcher's first step at once.
+        assert [name for name, _ in steps.pending] == ["predictions.cpu.start_prediction",
+                                                       "predictions.cpu.prepare_slide"]
         ran = steps.run()
     prediction.refresh_from_db()
     run = prediction.runs.get()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from predictions import dispatch, engine, queueing
+from predictions import engine, queueing
 from predictions.models import Prediction, Status
 from tests.conftest import CMU_SLIDE, wait_final
 from tests.factories import ExperimentFactory, MemberFactory
@@ -120,20 +120,22 @@ def test_a_step_counted_as_sent_but_never_sent_is_sent_by_the_minute_check(worke
     from predictions import maintenance
 
     slide = make_slide(CMU_SLIDE)
-    workers.kill("cpu")   # no worker starts again meanwhile (one would send it as it starts)
-    prediction = submit(slide, pipelines["ihc-dab"], alice)
     monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # the message is lost
-    dispatch.dispatch_all()
-    monkeypatch.undo()
+    prediction = submit(slide, pipelines["ihc-dab"], alice)
     run = prediction.runs.get()
+    run.refresh_from_db()
     assert run.status == Status.RUNNING and run.dispatched_at is not None   # counted as sent
+    time.sleep(3)
+    run.refresh_from_db()
+    assert run.batch_count is None, "the prepare never reached a worker"
+    monkeypatch.undo()
     # Fresh records are left alone (the publish may be a moment behind its commit)...
-    assert dispatch.send_unsent() == []
+    maintenance.resend_queued()
+    run.refresh_from_db()
+    assert run.batch_count is None
     # ...a minute later the step is sent again, and the prediction runs to its end.
     type(run).objects.filter(pk=run.pk).update(dispatched_at=timezone.now() - timedelta(minutes=2))
     maintenance.resend_queued()
-    assert dispatch.send_unsent() == []   # sent: it has its task row now
-    workers.start("cpu")
     finished(prediction)
 
 
@@ -143,13 +145,13 @@ def test_a_worker_restarted_after_dying_between_commit_and_publish_sends_what_it
     """The same loss, recovered without beat: a worker killed mid-dispatch is restarted, and as
     it starts it sends the steps recorded that have no task row."""
     slide = make_slide(CMU_SLIDE)
-    workers.kill("cpu")
-    prediction = submit(slide, pipelines["ihc-dab"], alice)   # its start waits for a cpu worker
     monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # recorded, never sent
-    dispatch.dispatch_all()
+    prediction = submit(slide, pipelines["ihc-dab"], alice)
     monkeypatch.undo()
+    time.sleep(3)
     run = prediction.runs.get()
-    assert run.status == Status.RUNNING and run.batch_count is None, "the prepare was recorded"
+    assert run.status == Status.RUNNING and run.batch_count is None, "the prepare never reached a worker"
+    workers.kill("cpu")
     workers.start("cpu")
     finished(prediction)
 
