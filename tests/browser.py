@@ -68,13 +68,19 @@ def wait_in_page(predicate, **kwargs):
     Polled fragments replace their elements every few seconds, so a reference found a moment
     ago can go stale (or be briefly absent) between the find and the read.
     """
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            WebDriverException)
 
     def attempt():
         try:
             return predicate()
         except (StaleElementReferenceException, NoSuchElementException):
             return False
+        except WebDriverException as error:
+            # Chromium's own word for a stale element, when the swap lands inside its read.
+            if "does not belong to the document" in str(error):
+                return False
+            raise
 
     return wait_for(attempt, **kwargs)
 

@@ -2,6 +2,8 @@
 sweep (requeue the missing work of a prediction whose worker disappeared, or fail it with a
 reason), and re-sending predictions left queued because the broker was away at submit time."""
 
+import os
+import signal
 import time
 from datetime import timedelta
 
@@ -191,9 +193,20 @@ def test_sweep_requeues_the_work_of_a_prediction_whose_worker_disappeared(worker
                    message="the slide to be prepared")
     total = len(Plan.from_json(run.plan).batches())
     # Mid-batch, the cpu worker dies (SIGKILL, with its pool) and the messages it held are lost
-    # with it, along with those still queued (a broker restarted without them).
-    wait_for(lambda: TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-r", status=states.STARTED)
-             .exists(), message="a batch to start")
+    # with it, along with those still queued (a broker restarted without them). The worker is
+    # frozen first, so that "mid-batch" is checked, not hoped for: a batch that ended just
+    # before the kill would leave nothing lost on a loaded machine.
+    def frozen_mid_batch():
+        wait_for(lambda: TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-r",
+                                                   status=states.STARTED).exists(), message="a batch to start")
+        os.killpg(workers.procs["cpu"].pid, signal.SIGSTOP)
+        run.refresh_from_db()
+        if set(range(run.batches_sent)) - set(run.batches.values_list("index", flat=True)):
+            return True
+        os.killpg(workers.procs["cpu"].pid, signal.SIGCONT)
+        return False
+
+    wait_for(frozen_mid_batch, timeout=120, message="the cpu worker frozen with a batch unfinished")
     workers.kill("cpu")
     # RabbitMQ puts the dead worker's unacknowledged messages back, not always at once: purge
     # until two purges in a row find nothing, so the restarted worker cannot take one of them.
@@ -212,16 +225,21 @@ def test_sweep_requeues_the_work_of_a_prediction_whose_worker_disappeared(worker
     workers.start("cpu")
     time.sleep(2)
 
-    # The scheduled task, as beat runs it, with "stuck" meaning "no progress for 1 second".
+    # The scheduled task, as beat runs it, with "stuck" meaning "no progress for 1 second". Beat
+    # runs it again and again: a run may find the prediction's steps still waiting in a queue
+    # that is not empty yet (the restarted worker settling), and the next one sends them.
     from django.test import override_settings
 
-    with override_settings(STUCK_PREDICTION_MINUTES=0):
-        time.sleep(1)
-        summary = sweep_stuck_predictions.apply().get()
+    requeued: set[str] = set()
+    deadline = time.monotonic() + 60
+    with override_settings(STUCK_PREDICTION_MINUTES=0, STUCK_PREDICTION_MAX_REQUEUES=10):
+        while not lost <= requeued and time.monotonic() < deadline:
+            time.sleep(1)
+            summary = sweep_stuck_predictions.apply().get()
+            requeued |= set(summary["requeued"].get(str(prediction.pk), []))
     # What was sent and lost is sent again (and at most the prediction's other unfinished steps,
     # a batch the new worker holds and has not started yet); the batches not sent yet wait for
     # their turn in the dispatcher's window (predictions/dispatch.py), as they would have anyway.
-    requeued = set(summary["requeued"][str(prediction.pk)])
     run.refresh_from_db()
     assert lost <= requeued <= {engine.batch_task_id(run, i) for i in range(run.batches_sent)}
     wait_final(prediction, timeout=240)
