@@ -7,8 +7,10 @@ over its link, at the main host's link address (MAIN_ADDRESS). PostgreSQL and Ra
 127.0.0.1 here, so the main host forwards its link address's ports to them with socat, as a
 firewall's port forward would; what reaches them comes from the worker hosts' links.
 
-The worker hosts share this machine's filesystem, so they see the media folder at the same path
-as the main host, as an NFS mount at the same path does in a real deployment (docs/deploy.md).
+The media folder is shared as a file server would share it: each worker host mounts the main
+host's folder at the same path (a bind mount in the host's own mount namespace stands in for the
+NFS mount of docs/deploy.md), so a worker reads slides and writes results through a mount, not
+through a folder it merely happens to share.
 
 Faults, as a lab would meet them:
 - lose(): the host vanishes (power cut): its link goes silent first, then every process in it is
@@ -32,6 +34,7 @@ it, whatever an interrupted run left.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -85,6 +88,7 @@ class Host:
 
     name: str
     number: int
+    shared: tuple[str, ...] = ()   # folders of the main host mounted at the same path
 
     @property
     def namespace(self) -> str:
@@ -108,15 +112,24 @@ class Host:
         return _cgroup_root() / self.namespace
 
     def command(self, argv: list[str]) -> list[str]:
-        """argv run inside this host: its network namespace, its CPU cgroup, its own host name."""
+        """argv run inside this host: its network namespace, its CPU cgroup, its own host name,
+        and its own mounts of the shared folders."""
         # The cgroup is joined first: `ip netns exec` mounts the namespace's own /sys, where the
-        # cgroup folders are not.
-        name = f'hostname {self.hostname} && exec "$@"'
-        inside = ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "--", "sh", "-c", name, "sh", *argv]
+        # cgroup folders are not. unshare --mount makes the mounts private to the host.
+        mounts = "".join(f" && mount --bind {shlex.quote(path)} {shlex.quote(path)}" for path in self.shared)
+        setup = f'hostname {self.hostname}{mounts} && exec "$@"'
+        inside = ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "--mount", "--",
+                  "sh", "-c", setup, "sh", *argv]
         return ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh", *inside]
 
     def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.command(argv), start_new_session=True, **kwargs)
+
+    @staticmethod
+    def mount_points(pid: int) -> set[str]:
+        """Where something is mounted, as process `pid` sees it."""
+        with open(f"/proc/{pid}/mountinfo") as fh:
+            return {line.split()[4] for line in fh}
 
     def pids(self) -> list[int]:
         out = _ip("netns", "pids", self.namespace, check=False).stdout
@@ -154,7 +167,8 @@ class Host:
 class HostNetwork:
     """The bridge on the main host, the port forwards, and the worker hosts joined to it."""
 
-    def __init__(self):
+    def __init__(self, shared: tuple[str, ...] = ()):
+        self.shared = tuple(shared)
         self.hosts: dict[str, Host] = {}
         self.forwards: list[subprocess.Popen] = []
         self.made = 0   # hosts made so far: a replacement never takes a lost host's number
@@ -172,7 +186,7 @@ class HostNetwork:
 
     def add(self, name: str) -> Host:
         self.made += 1
-        host = Host(name, self.made)
+        host = Host(name, self.made, self.shared)
         self.hosts[name] = host
         _ip("netns", "add", host.namespace)
         host.cgroup.mkdir(exist_ok=True)

@@ -404,3 +404,21 @@ def test_throughput_is_measured_from_earlier_batches(api_setup, pipeline_rows):
     assert measured.tiles_per_second == pytest.approx(8.0)
     assert not measured.no_history and measured.batches_measured == 4
     assert queueing.throughput("tissue-area").no_history
+
+
+def test_a_slow_host_beside_a_fast_one_gives_the_queue_its_true_rate(api_setup, pipeline_rows):
+    """ETAs stay honest with hosts of different speeds: over the same 20 s, a fast process does
+    ten 2-second batches and a slow one (a fifth of the speed) two 10-second ones. The queue did
+    192 tiles in 20 s; an average of each batch's own speed would say 13.9 tiles/s, not 9.6."""
+    from django.core.cache import cache
+
+    done = make_prediction(api_setup["experiment"], pipeline_rows["nuclei-density"], api_setup["slide"])
+    run = done.runs.get()
+    now = timezone.now()
+    for index, seconds in enumerate([2.0] * 10 + [10.0] * 2):
+        BatchResult.objects.create(run=run, index=index, rows=[], tiles=16, queue="cpu", started_at=now,
+                                   finished_at=now, seconds=seconds)
+    cache.clear()
+    processes = 2
+    measured = queueing.throughput(pipeline_rows["nuclei-density"])
+    assert measured.tiles_per_second * processes == pytest.approx(192 / 20)
