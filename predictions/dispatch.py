@@ -236,6 +236,18 @@ def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False) -> None:
             log.exception("could not dispatch the %s queue", queue)
 
 
+def dispatch_if_room(queue: str) -> None:
+    """A submit's dispatch: only while `queue`'s window has room, so that a submit to idle
+    workers starts at once. With the window full, the submit neither takes the dispatch lock nor
+    plans the queue (with many clients submitting, they would wait on each other for nothing):
+    its start message's worker, or the next step to end, dispatches after this commit."""
+    try:
+        if window(queue) - in_flight(queue) > 0:
+            dispatch(queue, quick=True)
+    except Exception:  # noqa: BLE001
+        log.exception("could not dispatch the %s queue", queue)   # as dispatch_all: never fail a submit
+
+
 def _priority(step: Step) -> int:
     """The message priority of a dispatched step. Urgency is not one of them: the dispatcher has
     already put urgent work first, and a broker that honours priorities (RabbitMQ) would otherwise

@@ -132,10 +132,11 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
                      declared_stain=stains[s.pk]) for s in slides
         ])
+        # Started here at once when the workers have room; else when its turn comes (the start
+        # message's worker dispatches too, after this one: on_commit keeps the order). Only its
+        # pipeline's queue can have changed.
+        transaction.on_commit(lambda: dispatch.dispatch_if_room(pipeline_row.batch_queue))
         send_start(prediction)
-        # Started here at once when the workers have room; else when its turn comes. Only its
-        # pipeline's queue can have changed (its prepare counts in that queue's window too).
-        transaction.on_commit(lambda: dispatch.dispatch_all([pipeline_row.batch_queue], quick=True))
     return prediction
 
 
