@@ -24,7 +24,8 @@ dispatch sends it again; if the dispatcher dies between the two, send_unsent() s
 worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the web process after a submit or a cancel, a worker after each step, and beat
+Who dispatches: the web process after a submit (only while the window has room: else the
+worker taking the submit's start message does) or a cancel, a worker after each step, and beat
 once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
 sends again what a broker that was away refused.
 """
