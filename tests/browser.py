@@ -68,8 +68,11 @@ def wait_in_page(predicate, **kwargs):
     Polled fragments replace their elements every few seconds, so a reference found a moment
     ago can go stale (or be briefly absent) between the find and the read.
     """
-    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
-                                            WebDriverException)
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
 
     def attempt():
         try:

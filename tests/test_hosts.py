@@ -21,7 +21,6 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-
 from django.utils import timezone
 
 from histoia.celery import app
