@@ -20,6 +20,9 @@ Goal (#14): the time and the query count do not grow with the number of predicti
 from __future__ import annotations
 
 import argparse
+import os
+import cProfile
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--queued", type=int, nargs="+", default=[0, 1000, 10000])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last submit of each size")
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed submits of each size (top 30)")
     args = parser.parse_args()
 
     stack = Stack("submit", args.stack, keep=args.keep)
@@ -89,16 +94,26 @@ def main() -> None:
         for size in args.queued:
             top_up(size, experiments, pipeline, slides)
             times, queries, answers = [], [], []
+            profiler = cProfile.Profile() if args.profile else None
             for i in range(args.requests + 5):
                 with CaptureQueriesContext(connection) as captured:
+                    if profiler and i >= 5:
+                        profiler.enable()
                     started = time.perf_counter()
                     response = client.post("/api/v1/predictions/", body, format="json")
                     elapsed = time.perf_counter() - started
+                    if profiler:
+                        profiler.disable()
                 assert response.status_code == 202, response.content
                 if i >= 5:
                     times.append(elapsed * 1000)
                     queries.append(len(captured))
                     answers.append(response.json())
+            if args.show_queries:
+                for number, query in enumerate(captured.captured_queries, 1):
+                    print(f"  {number:>2}. {query['time']:>6}s  {query['sql'][:160]}")
+            if profiler:
+                pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(30)
             plan = {e["pk"]: e for e in queueing.waiting(load=False)}
             right = sum(1 for a in answers[-5:] if plan.get(a["id"], {}).get("position") == a["queue_position"])
             row = {"queued": size, "p50_ms": round(percentile(times, 50), 1), "p90_ms": round(percentile(times, 90), 1),

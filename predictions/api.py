@@ -6,7 +6,7 @@ results and files are 404 on every verb. Nothing here waits on Celery: submit an
 progress is read from the database.
 """
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, prefetch_related_objects
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -148,7 +148,10 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         return PredictionDetailSerializer
 
     def _accepted(self, prediction):
-        prediction = self.get_queryset().prefetch_related(RUNS_WITHOUT_PLAN).get(pk=prediction.pk)
+        # The prediction the submit just wrote, with its experiment, pipeline, model and user
+        # already in hand: read back only what its dispatch may have changed since, and its runs.
+        prediction.refresh_from_db(fields=["status", "started_at"])
+        prefetch_related_objects([prediction], RUNS_WITHOUT_PLAN)
         data = PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["status_url"]})
 

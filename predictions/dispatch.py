@@ -103,8 +103,9 @@ def in_flight(queue: str) -> int:
                .annotate(done=Count("batches")).values_list("batches_sent", "done"))
     count = sum(max(0, sent - done) for sent, done in batches)
     if queue == CPU:
-        count += running.filter(batch_count__isnull=True).count()            # prepares
-        count += running.filter(aggregate_dispatched=True).count()          # aggregates
+        cpu_steps = running.aggregate(prepares=Count("pk", filter=Q(batch_count__isnull=True)),
+                                      aggregates=Count("pk", filter=Q(aggregate_dispatched=True)))
+        count += cpu_steps["prepares"] + cpu_steps["aggregates"]
     return count
 
 
@@ -200,11 +201,18 @@ def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], 
 
 
 # -- sending ---------------------------------------------------------------------------------
-def dispatch(queue: str, *, quick: bool = False) -> int:
+def dispatch(queue: str, *, quick: bool = False, if_room: bool = False) -> int:
     """Fill `queue`'s window in run order; returns how many steps were sent (after commit).
 
     quick: called from a web request; a broker that is away is given up on within seconds.
+    if_room: a submit's dispatch. The window is first counted without the lock and, when it is
+    full, nothing more is done: with many clients submitting they would otherwise wait on each
+    other for the lock for nothing, since the submit's start message (or the next step to end)
+    dispatches after its commit. With room, it is counted again under the lock, which is what
+    makes the count right; a submit to idle workers still starts at once.
     """
+    if if_room and window(queue) - in_flight(queue) <= 0:
+        return 0
     with transaction.atomic():
         # The lock: one dispatcher per queue at a time (a row UPDATE locks on every database).
         if not DispatchLock.objects.filter(queue=queue).update(at=timezone.now()):
@@ -226,27 +234,15 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
     return len(chosen)
 
 
-def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False) -> None:
+def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False, if_room: bool = False) -> None:
     """Fill the windows of these queues (all by default; a submit fills its pipeline's only)."""
     for queue in queues:
         try:
-            dispatch(queue, quick=quick)
+            dispatch(queue, quick=quick, if_room=if_room)
         except Exception:  # noqa: BLE001
             # The caller's own work is done and committed (a submit, a finished step): never
             # fail it for this. The next step's end, or the periodic dispatch, tries again.
             log.exception("could not dispatch the %s queue", queue)
-
-
-def dispatch_if_room(queue: str) -> None:
-    """A submit's dispatch: only while `queue`'s window has room, so that a submit to idle
-    workers starts at once. With the window full, the submit neither takes the dispatch lock nor
-    plans the queue (with many clients submitting, they would wait on each other for nothing):
-    its start message's worker, or the next step to end, dispatches after this commit."""
-    try:
-        if window(queue) - in_flight(queue) > 0:
-            dispatch(queue, quick=True)
-    except Exception:  # noqa: BLE001
-        log.exception("could not dispatch the %s queue", queue)   # as dispatch_all: never fail a submit
 
 
 def _priority(step: Step) -> int:

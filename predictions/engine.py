@@ -135,7 +135,7 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
         # Started here at once when the workers have room; else when its turn comes (the start
         # message's worker dispatches too, after this one: on_commit keeps the order). Only its
         # pipeline's queue can have changed.
-        transaction.on_commit(lambda: dispatch.dispatch_if_room(pipeline_row.batch_queue))
+        transaction.on_commit(lambda: dispatch.dispatch_all([pipeline_row.batch_queue], quick=True, if_room=True))
         send_start(prediction)
     return prediction
 

@@ -21,19 +21,20 @@ def record_sent(headers: dict, routing_key: str | None) -> None:
     if not task_id:
         return
     try:
-        TaskResult.objects.get_or_create(
+        # One INSERT … ON CONFLICT DO NOTHING, not get_or_create's read, savepoint and write: this
+        # runs for every message sent, a submit's included. A row already there (a message sent
+        # again under its deterministic id) keeps what the worker wrote into it.
+        TaskResult.objects.bulk_create([TaskResult(
             task_id=task_id,
-            defaults={
-                "status": states.PENDING,
-                "task_name": headers.get("task"),
-                "task_args": headers.get("argsrepr"),
-                "task_kwargs": headers.get("kwargsrepr"),
-                "periodic_task_name": headers.get("periodic_task_name"),
-                "worker": None,
-                "content_type": "application/json",
-                "content_encoding": "utf-8",
-            },
-        )
+            status=states.PENDING,
+            task_name=headers.get("task"),
+            task_args=headers.get("argsrepr"),
+            task_kwargs=headers.get("kwargsrepr"),
+            periodic_task_name=headers.get("periodic_task_name"),
+            worker=None,
+            content_type="application/json",
+            content_encoding="utf-8",
+        )], ignore_conflicts=True)
     except DatabaseError:
         # Never let bookkeeping stop a task from being sent.
         log.warning("could not record queued task %s", task_id, exc_info=True)

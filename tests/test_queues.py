@@ -53,6 +53,25 @@ def test_a_queued_task_is_a_visible_row_before_any_worker_takes_it(workers):
     assert row.status == states.SUCCESS and row.worker == workers.gpu_name
 
 
+@pytest.mark.django_db
+def test_a_message_sent_again_under_its_id_keeps_what_its_worker_recorded():
+    """The row written at publish never overwrites a worker's: a batch re-sent under its own
+    deterministic id (the stuck sweep, a broker that refused it) keeps its first run's outcome
+    until the new run reports."""
+    from predictions.task_records import record_sent
+
+    headers = {"id": "p1-r1-b0", "task": "predictions.cpu.tile_batch", "argsrepr": "[1, 0]", "kwargsrepr": "{}"}
+    record_sent(headers, "cpu")
+    row = TaskResult.objects.get(task_id="p1-r1-b0")
+    assert (row.status, row.task_name, row.task_args) == (states.PENDING, "predictions.cpu.tile_batch", "[1, 0]")
+    TaskResult.objects.filter(pk=row.pk).update(status=states.FAILURE, worker="cpu@host")
+
+    record_sent(headers, "cpu")
+    assert TaskResult.objects.filter(task_id="p1-r1-b0").count() == 1
+    row.refresh_from_db()
+    assert (row.status, row.worker) == (states.FAILURE, "cpu@host")
+
+
 def test_workers_compute_at_a_lower_priority_than_the_web_process(workers, settings):
     """Saturated workers must not slow the pages: every worker process, pool children included,
     runs at CELERY_WORKER_NICENESS, the web process (this one) at its own."""
