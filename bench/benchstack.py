@@ -208,6 +208,9 @@ class Stack:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
+        # DEBUG off serves static files from the collected manifest, as in production; a fresh
+        # clone has none until this.
+        call_command("collectstatic", verbosity=0, interactive=False)
         if self.kind == "real":
             from histoia.celery import app
 

@@ -20,8 +20,8 @@ Goal (#14): the time and the query count do not grow with the number of predicti
 from __future__ import annotations
 
 import argparse
-import os
 import cProfile
+import os
 import pstats
 import sys
 import time

@@ -7,17 +7,9 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import parsers, status
 from rest_framework.exceptions import APIException, ParseError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.renderers import BaseRenderer
 from rest_framework.throttling import UserRateThrottle
-
-
-class Pagination(PageNumberPagination):
-    """`?page=N`, and `?page_size=` up to 200 (25 by default)."""
-
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
 
 class Conflict(APIException):

@@ -222,7 +222,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "histoia.api.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "histoia.pagination.Pagination",
     # Bounded JSON (size, nesting) and a JSON 413 for a body over the size limit.
     "DEFAULT_PARSER_CLASSES": ["histoia.api.JSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],

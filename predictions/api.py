@@ -20,7 +20,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from histoia.api import Conflict, CSVRenderer, Pagination
+from histoia.api import Conflict, CSVRenderer
+from histoia.pagination import Pagination
 from histoia.api_filters import IdFilter
 
 from . import monitoring, queueing, services

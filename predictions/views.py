@@ -5,13 +5,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from experiments.models import Experiment
+from histoia.pagination import EitherEndPaginator
 
 from . import engine, figures, queueing, services, task_records
 from .filters import PredictionFilter
@@ -83,7 +83,7 @@ def history(request):
     base = Prediction.objects.for_user(request.user).select_related(
         "experiment", "pipeline", "triggered_by").order_by("-created_at", "-pk")
     filterset = PredictionFilter(request.GET or None, queryset=base, request=request)
-    page = Paginator(filterset.qs, 50).get_page(request.GET.get("page"))
+    page = EitherEndPaginator(filterset.qs, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "predictions/history.html", {

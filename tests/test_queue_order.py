@@ -12,7 +12,7 @@ import pytest
 
 from predictions import engine, queueing
 from predictions.models import Prediction, Status
-from tests.conftest import CMU_SLIDE, wait_final
+from tests.conftest import CMU_SLIDE, wait_final, wait_for
 from tests.factories import ExperimentFactory, MemberFactory
 
 pytestmark = pytest.mark.worker
@@ -154,6 +154,40 @@ def test_a_worker_restarted_after_dying_between_commit_and_publish_sends_what_it
     workers.kill("cpu")
     workers.start("cpu")
     finished(prediction)
+
+
+def test_a_prediction_left_with_nothing_in_flight_is_refilled_by_the_minute_job(workers, pipelines, make_slide,
+                                                                               alice, monkeypatch):
+    """A worker killed after a batch's result was written and before it sent the next batches:
+    nothing it was sent is lost, but nothing more is coming either (no step in flight, so no
+    step's end dispatches). Beat's once-a-minute job, run by a worker as beat sends it, fills the
+    window again, and the prediction ends with each batch done once."""
+    from django_celery_results.models import TaskResult
+
+    from predictions import dispatch
+    from predictions.tasks import resend_queued_predictions
+
+    slide = make_slide(CMU_SLIDE)
+    with engine.inline_steps() as steps:   # the slide's steps run here, up to its first batches
+        prediction = submit(slide, pipelines["ihc-dab"], alice)
+        while not steps.pending[0][0].endswith(".tile_batch"):
+            steps.run_next()
+        monkeypatch.setattr(dispatch, "dispatch_all", lambda *args, **kwargs: None)   # dies before it
+        steps.run()
+        monkeypatch.undo()
+    run = prediction.runs.get()
+    done = run.batches.count()
+    assert run.status == Status.RUNNING and 0 < done == run.batches_sent < run.batch_count
+    time.sleep(3)   # live workers, and yet nothing moves: nothing is in flight to end and dispatch
+    run.refresh_from_db()
+    assert (run.batches.count(), run.batches_sent) == (done, done)
+
+    job = resend_queued_predictions.delay()
+    wait_for(lambda: TaskResult.objects.filter(task_id=job.id, status="SUCCESS").exists(), timeout=60,
+             message="the minute job on the cpu worker")
+    finished(prediction)
+    batches = list(prediction.runs.get().batches.values_list("index", flat=True))
+    assert sorted(batches) == list(range(run.batch_count))
 
 
 def test_a_slide_whose_aggregate_was_claimed_and_never_sent_is_finished_by_a_restarted_worker(
