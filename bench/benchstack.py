@@ -420,3 +420,25 @@ def batch_phases(prediction_id: int) -> dict:
 def dump(path: Path | None, report: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2, default=str))
+
+
+def top_up(target: int, experiments, pipeline, slides) -> None:
+    """Queued predictions (one slide run each) until `target` are waiting, turns as submits give."""
+    from predictions import dispatch
+    from predictions.models import Prediction, SlideRun, Status
+
+    waiting = Prediction.objects.filter(status=Status.QUEUED).count()
+    missing = target - waiting
+    batch = []
+    for i in range(missing):
+        experiment = experiments[i % len(experiments)]
+        batch.append(Prediction(experiment=experiment, pipeline=pipeline, params=pipeline.code.parse_params({}),
+                                turn=dispatch.new_turn(experiment.lab_id) if i < 2 else 0))
+    # Turns as a submit gives them: each lab's next turn, in submit order (computed in bulk here).
+    last = {}
+    for p in batch:
+        last[p.experiment.lab_id] = p.turn = max(p.turn, last.get(p.experiment.lab_id, p.turn - 1) + 1)
+    for start in range(0, len(batch), 2000):
+        created = Prediction.objects.bulk_create(batch[start:start + 2000])
+        SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.QUEUED,
+                                               slide_sha256=slides[p.experiment_id].sha256) for p in created])

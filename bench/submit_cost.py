@@ -29,29 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchstack import Stack, command_line, machine, percentile, print_header  # noqa: E402
-
-
-def top_up(target: int, experiments, pipeline, slides) -> None:
-    """Queued predictions (one slide run each) until `target` are waiting, turns as submits give."""
-    from predictions import dispatch
-    from predictions.models import Prediction, SlideRun, Status
-
-    waiting = Prediction.objects.filter(status=Status.QUEUED).count()
-    missing = target - waiting
-    batch = []
-    for i in range(missing):
-        experiment = experiments[i % len(experiments)]
-        batch.append(Prediction(experiment=experiment, pipeline=pipeline, params=pipeline.code.parse_params({}),
-                                turn=dispatch.new_turn(experiment.lab_id) if i < 2 else 0))
-    # Turns as a submit gives them: each lab's next turn, in submit order (computed in bulk here).
-    last = {}
-    for p in batch:
-        last[p.experiment.lab_id] = p.turn = max(p.turn, last.get(p.experiment.lab_id, p.turn - 1) + 1)
-    for start in range(0, len(batch), 2000):
-        created = Prediction.objects.bulk_create(batch[start:start + 2000])
-        SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.QUEUED,
-                                               slide_sha256=slides[p.experiment_id].sha256) for p in created])
+from benchstack import Stack, command_line, machine, percentile, print_header, top_up  # noqa: E402
 
 
 def main() -> None:

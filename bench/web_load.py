@@ -20,6 +20,9 @@ Then, one endpoint at a time, --connections concurrent clients (default 20) for 
   small CMU slide), which creates a queued prediction per request: submissions per second;
 - GET /predictions/dashboard/live/ again, now with every submitted prediction queued.
 
+Every phase runs with --queued predictions (default 1,000, two labs, ihc-dab on the CMU slide)
+waiting behind the long ones, so the queue's cost shows in the pages.
+
 The client is wrk (C, closed loop, --latency; a Lua script for the POST and for the JSON
 summary) when installed (`apt-get install -y wrk`), else a bounded Python client (threads +
 requests.Session). Target: p99 < 300 ms on every endpoint. The client runs on the same machine.
@@ -40,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchstack  # noqa: E402
-from benchstack import Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, wait_final  # noqa: E402
+from benchstack import Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, top_up, wait_final  # noqa: E402
 
 TARGET_P99_MS = 300.0
 
@@ -152,6 +155,8 @@ def busy() -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Page and API latency with every worker busy.")
     parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--queued", type=int, default=1000,
+                        help="predictions waiting (two labs) while the pages are measured (default 1000)")
     parser.add_argument("--seconds", type=float, default=15, help="per endpoint (default 15, max 60)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--no-single", dest="single", action="store_false",
@@ -216,6 +221,12 @@ def main(argv=None) -> int:
                 raise SystemExit(f"workers not saturated after 180 s: {b}")
             time.sleep(0.5)
         report["saturated_at_start"] = b
+        if args.queued:
+            # Waiting behind the long predictions, two labs taking turns, as submits leave them.
+            other, other_lab = stack.lab_user("other", "Other lab")
+            other_experiment = stack.experiment(other_lab, other, "Other")
+            slides = {experiment.pk: small, other_experiment.pk: stack.add_slide(other_experiment, benchstack.CMU_SLIDE)}
+            top_up(args.queued, [experiment, other_experiment], pipeline_row("ihc-dab"), slides)
 
         cookie_h = {"Cookie": f"sessionid={cookie}"}
         body = json.dumps({"experiment": experiment.pk, "pipeline": "ihc-dab", "slides": [small.pk]})
