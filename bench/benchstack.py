@@ -442,3 +442,14 @@ def top_up(target: int, experiments, pipeline, slides) -> None:
         created = Prediction.objects.bulk_create(batch[start:start + 2000])
         SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.QUEUED,
                                                slide_sha256=slides[p.experiment_id].sha256) for p in created])
+    analyze()
+
+
+def analyze() -> None:
+    """Table statistics after a bulk load, as the database's autovacuum would gather them a little
+    later: without them a planner that thinks the tables small picks plans that are not the
+    production ones."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")

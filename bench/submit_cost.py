@@ -14,6 +14,9 @@ client-side (in-process: no HTTP server, no network), and its SQL queries counte
 django.test.utils.CaptureQueriesContext. The 202 answer carries the new prediction's queue
 position and ETA, checked against a full plan of the queue made afterwards.
 
+--history N first adds N finished predictions (two labs, over a year, every one started), as a
+lab accumulates them: a submit must not grow with its history either.
+
 Goal (#14): the time and the query count do not grow with the number of predictions waiting.
 """
 
@@ -29,7 +32,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchstack import Stack, command_line, machine, percentile, print_header, top_up  # noqa: E402
+from benchstack import Stack, analyze, command_line, machine, percentile, print_header, top_up  # noqa: E402
+
+
+def add_history(count: int, experiments, pipeline, slides) -> None:
+    """`count` succeeded predictions over the last year, turns rising as the labs took them."""
+    from datetime import timedelta
+
+    from django.db.models import F
+    from django.utils import timezone
+
+    from predictions.models import Prediction, SlideRun, Status
+
+    now, params = timezone.now(), pipeline.code.parse_params({})
+    for start in range(0, count, 5000):
+        batch = []
+        for i in range(start, min(count, start + 5000)):
+            at = now - timedelta(days=365) + timedelta(seconds=i * 365 * 86400 / count)
+            batch.append(Prediction(experiment=experiments[i % len(experiments)], pipeline=pipeline, params=params,
+                                    status=Status.SUCCEEDED, started_at=at, finished_at=at,
+                                    turn=i // len(experiments) + 1, done_units=2, total_units=2))
+        created = Prediction.objects.bulk_create(batch)
+        SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.SUCCEEDED,
+                                               slide_sha256=slides[p.experiment_id].sha256) for p in created])
+    # created_at is set on insert (auto_now_add): spread it over the year afterwards.
+    Prediction.objects.filter(status=Status.SUCCEEDED).update(created_at=F("started_at"))
+    analyze()
 
 
 def main() -> None:
@@ -38,6 +66,7 @@ def main() -> None:
     parser.add_argument("--queued", type=int, nargs="+", default=[0, 1000, 10000])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--history", type=int, default=0, help="finished predictions added first (default 0)")
     parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last submit of each size")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed submits of each size (top 30)")
     args = parser.parse_args()
@@ -69,6 +98,10 @@ def main() -> None:
                   "sizes": []}
         print_header("Submit cost as the queue grows", report)
         print(f"{'queued':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'queries':>8}  position/ETA right")
+        if args.history:
+            add_history(args.history, experiments, pipeline, slides)
+            report["history"] = args.history
+            print(f"history: {args.history} finished predictions")
         for size in args.queued:
             top_up(size, experiments, pipeline, slides)
             times, queries, answers = [], [], []

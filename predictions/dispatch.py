@@ -39,10 +39,11 @@ from datetime import timedelta
 from celery import signals
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from experiments.models import Experiment
 from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
 
 from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
@@ -153,9 +154,13 @@ def _queue_in_run_order(queue: str):
 
 def new_turn(lab_id: int) -> int:
     """The turn of a prediction `lab_id` submits now (run_order.turn_after)."""
-    served = (Prediction.objects.exclude(started_at=None).exclude(priority=Prediction.Priority.URGENT)
+    served = (Prediction.objects.filter(started_at__isnull=False).exclude(priority=Prediction.Priority.URGENT)
               .aggregate(t=Max("turn"))["t"] or 0)
-    lab_last = Prediction.objects.filter(experiment__lab_id=lab_id).aggregate(t=Max("turn"))["t"] or 0
+    # Each experiment's highest turn from its index (one index probe per experiment of the lab),
+    # not the maximum over every prediction the lab ever made.
+    highest = Prediction.objects.filter(experiment=OuterRef("pk")).order_by("-turn").values("turn")[:1]
+    lab_last = (Experiment.objects.filter(lab_id=lab_id).annotate(t=Subquery(highest))
+                .order_by(F("t").desc(nulls_last=True)).values_list("t", flat=True).first() or 0)
     return turn_after(served, lab_last)
 
 
