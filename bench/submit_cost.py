@@ -14,8 +14,9 @@ client-side (in-process: no HTTP server, no network), and its SQL queries counte
 django.test.utils.CaptureQueriesContext. The 202 answer carries the new prediction's queue
 position and ETA, checked against a full plan of the queue made afterwards.
 
---history N first adds N finished predictions (two labs, over a year, every one started), as a
-lab accumulates them: a submit must not grow with its history either.
+--history N first adds N finished predictions (two labs, over a year, each with a slide run of
+10 tile batches), as a lab accumulates them: a submit must not grow with its history either, nor
+the measure of a pipeline's rate that the ETAs use (timed and printed after the history is in).
 
 Goal (#14): the time and the query count do not grow with the number of predictions waiting.
 """
@@ -35,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchstack import Stack, analyze, command_line, machine, percentile, print_header, top_up  # noqa: E402
 
 
+BATCHES_PER_RUN = 10
+
+
 def add_history(count: int, experiments, pipeline, slides) -> None:
-    """`count` succeeded predictions over the last year, turns rising as the labs took them."""
+    """`count` succeeded predictions over the last year, turns rising as the labs took them, each
+    with one slide run of BATCHES_PER_RUN tile batches."""
     from datetime import timedelta
 
     from django.db.models import F
     from django.utils import timezone
 
-    from predictions.models import Prediction, SlideRun, Status
+    from predictions.models import BatchResult, Prediction, SlideRun, Status
 
     now, params = timezone.now(), pipeline.code.parse_params({})
     for start in range(0, count, 5000):
@@ -53,8 +58,14 @@ def add_history(count: int, experiments, pipeline, slides) -> None:
                                     status=Status.SUCCEEDED, started_at=at, finished_at=at,
                                     turn=i // len(experiments) + 1, done_units=2, total_units=2))
         created = Prediction.objects.bulk_create(batch)
-        SlideRun.objects.bulk_create([SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.SUCCEEDED,
-                                               slide_sha256=slides[p.experiment_id].sha256) for p in created])
+        runs = SlideRun.objects.bulk_create([
+            SlideRun(prediction=p, slide=slides[p.experiment_id], status=Status.SUCCEEDED, total_units=12,
+                     slide_sha256=slides[p.experiment_id].sha256, started_at=p.started_at, finished_at=p.finished_at,
+                     timings={"prepare_s": 2.0, "aggregate_s": 1.0}) for p in created])
+        BatchResult.objects.bulk_create([
+            BatchResult(run=run, index=i, rows=[], tiles=100, queue="cpu", worker="bench", seconds=2.0,
+                        started_at=run.finished_at, finished_at=run.finished_at) for run in runs
+            for i in range(BATCHES_PER_RUN)], batch_size=10_000)
     # created_at is set on insert (auto_now_add): spread it over the year afterwards.
     Prediction.objects.filter(status=Status.SUCCEEDED).update(created_at=F("started_at"))
     analyze()
@@ -101,7 +112,14 @@ def main() -> None:
         if args.history:
             add_history(args.history, experiments, pipeline, slides)
             report["history"] = args.history
-            print(f"history: {args.history} finished predictions")
+            rate_ms = []
+            for _ in range(5):
+                started = time.perf_counter()
+                queueing.throughput(pipeline, fresh=True)
+                rate_ms.append((time.perf_counter() - started) * 1000)
+            report["throughput_ms"] = round(percentile(rate_ms, 50), 1)
+            print(f"history: {args.history} finished predictions, {args.history * BATCHES_PER_RUN} batches; "
+                  f"measuring the pipeline's rate (queueing.throughput): {report['throughput_ms']} ms (median of 5)")
         for size in args.queued:
             top_up(size, experiments, pipeline, slides)
             times, queries, answers = [], [], []

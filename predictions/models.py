@@ -328,7 +328,12 @@ class SlideRun(models.Model):
         constraints = [models.UniqueConstraint(fields=["prediction", "slide"], name="unique_slide_per_prediction")]
         # The dispatcher counts the runs in flight on every step and submit (dispatch.in_flight):
         # the running ones, a few, found without reading the queued thousands.
-        indexes = [models.Index(fields=["status"], name="sliderun_running_idx", condition=models.Q(status="running"))]
+        indexes = [
+            models.Index(fields=["status"], name="sliderun_running_idx", condition=models.Q(status="running")),
+            # The newest successful runs, which the ETAs measure (queueing.throughput): read from
+            # the index's end, not sorted out of a year of runs.
+            models.Index(fields=["-finished_at"], name="sliderun_succeeded_idx", condition=models.Q(status="succeeded")),
+        ]
 
     def __str__(self):
         return f"{self.slide} in prediction #{self.prediction_id}"
@@ -354,6 +359,9 @@ class BatchResult(models.Model):
     class Meta:
         ordering = ["run", "index"]
         constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_batch_per_run")]
+        # The newest batches, whose speed the ETAs and batch sizes use (queueing.throughput): with
+        # a million batches kept, sorting them all took 0.6 s each time the rate was measured.
+        indexes = [models.Index(fields=["-finished_at"], name="batchresult_finished_idx")]
 
 
 class DispatchLock(models.Model):

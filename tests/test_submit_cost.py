@@ -55,27 +55,3 @@ def test_a_submit_costs_the_same_with_3_or_300_waiting(pipeline_rows, alice, exp
         assert answer["eta_seconds"] == full_plan[answer["id"]]["eta_seconds"]
     assert counts[3] == counts[300], counts
 
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the plan is PostgreSQL's (production's database)")
-def test_a_submit_reads_its_turn_from_index_ends_however_long_the_history(pipeline_rows, alice, experiment):
-    """The turn of a new prediction takes the highest turn served and the lab's highest. Over a
-    history of 100,000 predictions, aggregates over every row cost 30-36 ms per submit; read
-    from the ends of two indexes they do not grow. Here: a history of 5,000, and the plans of
-    the very queries a submit's turn runs."""
-    from django.utils import timezone
-
-    Prediction.objects.bulk_create([
-        Prediction(experiment=experiment, pipeline=pipeline_rows["ihc-dab"], params={}, status=Status.SUCCEEDED,
-                   started_at=timezone.now(), turn=turn) for turn in range(1, 5001)])
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE predictions_prediction")
-    with CaptureQueriesContext(connection) as turn_queries:
-        assert dispatch.new_turn(experiment.lab_id) == 5001
-    plans = []
-    with connection.cursor() as cursor:
-        for query in turn_queries.captured_queries:
-            cursor.execute("EXPLAIN " + query["sql"])
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
-    assert len(plans) == 2
-    assert "prediction_served_turn_idx" in plans[0] and "Seq Scan on predictions_prediction" not in plans[0], plans[0]
-    assert "prediction_experiment_turn_idx" in plans[1] and "Sort Key: u0.turn" not in plans[1], plans[1]
