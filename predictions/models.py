@@ -175,6 +175,11 @@ class PredictionQuerySet(models.QuerySet):
             return self.none()
         return self.filter(experiment__lab__members=user)
 
+    def ended_latest(self):
+        """The ended predictions, the latest first (the dashboard's "recent", the monitoring
+        page's failures), read from the end of prediction_ended_idx."""
+        return self.filter(finished_at__isnull=False).order_by("-finished_at", "-pk")
+
 
 class Prediction(models.Model):
     Status = Status  # status enums are module-level TextChoices, reached from their model too
@@ -242,6 +247,10 @@ class Prediction(models.Model):
             models.Index(fields=["turn"], name="prediction_served_turn_idx",
                          condition=models.Q(started_at__isnull=False) & ~models.Q(priority="urgent")),
             models.Index(fields=["experiment", "-turn"], name="prediction_experiment_turn_idx"),
+            # ended_latest(): the dashboard, polled every few seconds, lists the latest ended
+            # predictions; without it, a sort of every prediction (133 ms at 100,000).
+            models.Index(fields=["-finished_at", "-id"], name="prediction_ended_idx",
+                         condition=models.Q(finished_at__isnull=False)),
         ]
 
     def __str__(self):

@@ -52,7 +52,7 @@ def _dashboard_context(request):
     running = [e for e in shown if e["status"] == Status.RUNNING]
     recent = list(Prediction.objects.for_user(request.user)
                   .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
-                  .select_related("experiment", "pipeline", "triggered_by").order_by("-finished_at", "-pk")[:10])
+                  .select_related("experiment", "pipeline", "triggered_by").ended_latest()[:10])
     # The next ones to run; the whole queue is on the history page (status: queued) and the API.
     return {"running": running, "queued": queued_shown, "queued_more": max(0, len(queued) - QUEUE_SHOWN),
             "recent": recent, "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
@@ -71,7 +71,7 @@ def monitoring_page(request):
     return render(request, "predictions/monitoring.html", {
         **monitoring.overview(),
         "failed_predictions": Prediction.objects.filter(status__in=[Status.FAILED, Status.PARTIAL], finished_at__gte=since)
-        .select_related("experiment__lab", "pipeline").order_by("-finished_at")[:20],
+        .select_related("experiment__lab", "pipeline").ended_latest()[:20],
         "failed_tasks": TaskResult.objects.filter(status="FAILURE", date_done__gte=since).order_by("-date_done")[:20],
         "flower_url": settings.FLOWER_URL,
     })

@@ -75,3 +75,14 @@ def test_a_pipelines_rate_is_measured_from_its_newest_batches_and_runs(pipeline_
                            for table in ("predictions_batchresult", "predictions_sliderun"))
     assert "batchresult_finished_idx" in batches and "Sort" not in batches, batches
     assert "sliderun_succeeded_idx" in slide_runs and "Sort" not in slide_runs, slide_runs
+
+
+def test_the_dashboards_latest_ended_predictions_are_read_from_an_index_end(pipeline_rows, experiment, alice_client):
+    history(experiment, pipeline_rows["ihc-dab"], 300)
+    page, plans = plans_of(lambda: alice_client.get("/predictions/dashboard/live/"))
+    assert page.status_code == 200
+    latest = [plan for sql, plan in plans.items() if 'ORDER BY "predictions_prediction"."finished_at" DESC' in sql]
+    assert len(latest) == 1
+    assert "prediction_ended_idx" in latest[0] and "Sort" not in latest[0], latest[0]
+    shown = page.context["recent"]
+    assert [p.turn for p in shown] == list(range(300, 290, -1))   # the ten that ended last
