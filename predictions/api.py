@@ -267,7 +267,8 @@ class QueueView(APIView):
     def get(self, request):
         context = {"request": request}
         paginator = Pagination()
-        page = paginator.paginate_queryset(queueing.waiting(request.user, load=False), request, view=self)
+        page = paginator.paginate_queryset(queueing.waiting(request.user, load=False, recent=True), request,
+                                           view=self)
         return paginator.get_paginated_response([{
             "position": e["position"], "status": e["status"], "queue": e["queue"], "eta_seconds": e["eta_seconds"],
             "estimated_without_history": e["estimated_without_history"],

@@ -44,7 +44,7 @@ QUEUE_SHOWN = 25
 def _dashboard_context(request):
     from . import monitoring
 
-    entries = queueing.waiting(request.user, load=False)
+    entries = queueing.waiting(request.user, load=False, recent=True)
     running = [e for e in entries if e["status"] == Status.RUNNING]
     queued = [e for e in entries if e["status"] == Status.QUEUED]
     shown = queueing.with_predictions(running + queued[:QUEUE_SHOWN])

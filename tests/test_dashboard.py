@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from experiments.models import Slide
-from predictions import engine, monitoring
+from predictions import engine, monitoring, queueing
 from predictions.models import BatchResult, Prediction, SlideRun, Status
 
 
@@ -70,6 +70,7 @@ def test_queue_lists_urgent_first_then_oldest_with_positions_and_etas(
     SlideRun.objects.filter(pk=run.pk).update(status=Status.SUCCEEDED)
     Prediction.objects.filter(pk=done.pk).update(status=Status.SUCCEEDED, finished_at=now)
     cache.delete("histoia:throughput:ihc-dab")  # measured throughput is cached for 30 s
+    queueing.forget_recent_plan()   # and the plan for up to PLAN_SECONDS (5 s): as if that long later
     page = alice_client.get(reverse("predictions:dashboard_live")).content.decode()
     after = dict(re.findall(r'data-prediction="(\d+)" data-position="\d+"><td>\d+</td>.*?<td class="num">([\d,]+) s', page, re.S))
     assert set(after) == set(before)
@@ -85,6 +86,7 @@ def test_dashboard_query_count_does_not_grow_with_running_predictions(
             p.runs.update(status=Status.RUNNING, total_units=40, done_units=10)
 
     def count():
+        queueing.forget_recent_plan()   # each request plans the queue afresh, the costlier case
         with CaptureQueriesContext(connection) as ctx:
             assert alice_client.get(reverse("predictions:dashboard_live")).status_code == 200
         return len(ctx.captured_queries)
@@ -95,6 +97,29 @@ def test_dashboard_query_count_does_not_grow_with_running_predictions(
     running(9)
     ten = count()
     assert ten == one, f"{one} queries with 1 running prediction, {ten} with 10"
+
+
+def test_a_refresh_places_new_work_into_the_recent_plan_without_planning_the_queue_again(
+        alice_client, pipelines, ready_slides, no_broker_calls, django_capture_on_commit_callbacks):
+    """Every open dashboard refreshes every few seconds: the queue is planned once per
+    PLAN_SECONDS per process, and what was submitted since is placed into that plan, at its
+    true position, at once."""
+    first = [queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks) for _ in range(3)]
+
+    def live():
+        with CaptureQueriesContext(connection) as ctx:
+            page = alice_client.get(reverse("predictions:dashboard_live")).content.decode()
+        return re.findall(r'data-prediction="(\d+)" data-position="(\d+)"', page), len(ctx.captured_queries)
+
+    queueing.forget_recent_plan()
+    rows, planned = live()
+    assert rows == [(str(p.pk), str(i)) for i, p in enumerate(first, 1)]
+    urgent = queue(pipelines, ready_slides[:1], "urgent", django_capture_on_commit_callbacks)
+    rows, placed = live()
+    assert rows == [(str(urgent.pk), "1")] + [(str(p.pk), str(i)) for i, p in enumerate(first, 2)]
+    assert placed < planned
+    queueing.forget_recent_plan()
+    assert live()[0] == rows   # the same as a plan made afresh
 
 
 def test_another_lab_sees_none_of_it(bob_client, pipelines, ready_slides, no_broker_calls,
