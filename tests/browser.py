@@ -80,12 +80,20 @@ def wait_in_page(predicate, **kwargs):
         except (StaleElementReferenceException, NoSuchElementException):
             return False
         except WebDriverException as error:
-            # Chromium's own word for a stale element, when the swap lands inside its read.
-            if "does not belong to the document" in str(error):
+            if stale(error):
                 return False
             raise
 
     return wait_for(attempt, **kwargs)
+
+
+def stale(error) -> bool:
+    """Whether a WebDriver error says the element has left the page: Chromium sometimes says it
+    in its own words instead of StaleElementReferenceException, when the swap or the navigation
+    lands inside its read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
 
 
 def click_through(browser, element, timeout=30):
@@ -94,7 +102,7 @@ def click_through(browser, element, timeout=30):
     click() returns once the click is dispatched: reading the page before the next one has
     loaded reads the old one (a CI run failed on exactly that, right after "Create").
     """
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     old = browser.find_element(By.TAG_NAME, "html")
@@ -104,7 +112,9 @@ def click_through(browser, element, timeout=30):
         try:
             old.tag_name  # still the old document
             return False
-        except StaleElementReferenceException:
+        except WebDriverException as error:
+            if not stale(error):
+                raise
             return browser.execute_script("return document.readyState") == "complete"
 
     wait_for(next_page_loaded, timeout=timeout, message="the next page to load")
