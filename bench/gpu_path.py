@@ -17,8 +17,8 @@ sizes its tile batches: HISTOIA_MIN_BATCH_SECONDS).
 Tiles/s of the tile phase = tiles / (last gpu batch finished - first gpu batch started),
 from the BatchResult rows; end to end = tiles / (finished_at - submit) is printed too.
 
-Bare loops, in this process, model loaded once before timing, written as a careful engineer
-would on that device: the uint8 tiles are copied to it and normalised there, and on a GPU torch
+Bare loops, in this process, model loaded once before timing, with the workers' malloc limits
+(histoia/malloc.py), written as a careful engineer would on that device: the uint8 tiles are copied to it and normalised there, and on a GPU torch
 gets one CPU thread (its default, one per core, spins beside the reading threads):
 - sequential: read 32 tiles, then classify them (the simplest loop);
 - prefetch: the next 32 tiles are read by 4 threads while the current ones are classified (what
@@ -145,6 +145,14 @@ def main(argv=None) -> int:
         user, experiment, slide, warm = stack.benchmark_slides(slide_path)
         report["slide_info"] = {"width": slide.width, "height": slide.height, "vendor": slide.vendor, "mpp": slide.mpp}
         register_demo_model(user)
+        # The bare loops run in this process: with the same malloc limits as a worker
+        # (histoia/malloc.py), so the ratio is the platform's cost, not the allocator's luck.
+        from django.conf import settings
+
+        from histoia.malloc import keep_freed_memory
+
+        report["bare_loop_memory"] = keep_freed_memory(settings.WORKER_MALLOC_MMAP_THRESHOLD_MB,
+                                                       settings.WORKER_MALLOC_TRIM_THRESHOLD_MB)
         row = pipeline_row("tissue-classifier")
         code = row.code
         meta = model_meta()
@@ -214,6 +222,7 @@ def main(argv=None) -> int:
           f"model tiles 64 px, {report['runs'][0]['tiles']} tiles")
     for w in report["workers"]:
         print(f"worker:  {w}")
+    print(f"memory:  workers and bare loops alike: {report['bare_loop_memory']}")
     print()
     print(f"{'side':<16} {'tiles/s':>8} {'cpu s':>7}  identical  max |dp|  load before -> after")
     for r in report["runs"]:

@@ -4,6 +4,7 @@ Every task is routed by the queue its name gives (`<app>.<queue>.<task>`, histoi
 to one of the two queues; there is no `celery` queue that no worker reads.
 """
 
+import logging
 import os
 
 from celery import Celery, signals
@@ -13,6 +14,8 @@ from kombu import Exchange, Queue
 from .queues import MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "histoia.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("histoia")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -119,6 +122,17 @@ def lower_worker_priority(**kwargs):
 
     if settings.CELERY_WORKER_NICENESS:
         os.nice(settings.CELERY_WORKER_NICENESS)
+
+
+@signals.worker_init.connect
+def keep_freed_memory_for_reuse(sender=None, **kwargs):
+    """Tile batches free and allocate the same large arrays over and over: keep that memory in
+    the process rather than fault it in again from the kernel (histoia/malloc.py). The pool's
+    processes inherit the setting from this one."""
+    from .malloc import keep_freed_memory
+
+    done = keep_freed_memory(settings.WORKER_MALLOC_MMAP_THRESHOLD_MB, settings.WORKER_MALLOC_TRIM_THRESHOLD_MB)
+    logger.info("worker memory: %s", done)
 
 
 @signals.celeryd_init.connect

@@ -308,6 +308,10 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=None)
 # Worker processes run at this niceness (0-19), so the pages stay fast while every core computes.
 CELERY_WORKER_NICENESS = env.int("CELERY_WORKER_NICENESS", default=10)
+# Worker processes keep freed memory for reuse (histoia/malloc.py; glibc only): blocks under the
+# first size come from malloc's heap, and up to the second is kept free there. 0 = glibc's own.
+WORKER_MALLOC_MMAP_THRESHOLD_MB = env.int("WORKER_MALLOC_MMAP_THRESHOLD_MB", default=32)
+WORKER_MALLOC_TRIM_THRESHOLD_MB = env.int("WORKER_MALLOC_TRIM_THRESHOLD_MB", default=64)
 # Old task results are removed by Histo-IA's own scheduled task (predictions.cpu.expire_task_results,
 # TASK_RESULT_EXPIRE_DAYS below), which keeps rows of tasks still queued; None stops beat from also
 # installing celery.backend_cleanup, which would delete every row older than a day, queued or not.
