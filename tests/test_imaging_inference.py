@@ -92,9 +92,10 @@ def test_demo_model_tells_glass_from_dense_tissue(demo):
     assert probs[2, names.index("background")] < 0.1
 
 
-def test_loader_yields_every_index_once_in_order():
+@pytest.mark.parametrize("workers", [0, 4])
+def test_loader_yields_every_index_once_in_order(workers):
     order = [7, 3, 9, 0, 5, 2, 8, 1, 6, 4, 11]
-    loader = PrefetchingTileLoader(lambda i: np.full((2, 2, 3), i, np.uint8), order, 4)
+    loader = PrefetchingTileLoader(lambda i: np.full((2, 2, 3), i, np.uint8), order, 4, workers=workers)
     assert len(loader) == 3
     batches = list(loader)
     assert [len(indices) for indices, _ in batches] == [4, 4, 3]
@@ -124,11 +125,28 @@ def test_loader_reads_the_next_batch_while_the_caller_works():
     assert rest_indices(iterator) == [2, 3, 4, 5, 6, 7]
 
 
+def test_loader_without_workers_reads_each_batch_in_the_caller_when_asked():
+    """On the CPU the model's own threads use every core: nothing is read ahead, in no thread."""
+    reads: list[tuple[int, str]] = []
+
+    def read(i: int) -> np.ndarray:
+        reads.append((i, threading.current_thread().name))
+        return np.zeros((1, 1, 3), np.uint8)
+
+    iterator = iter(PrefetchingTileLoader(read, list(range(6)), batch_size=2, workers=0))
+    assert next(iterator)[0] == [0, 1]
+    time.sleep(0.1)
+    assert [i for i, _ in reads] == [0, 1]
+    assert rest_indices(iterator) == [2, 3, 4, 5]
+    assert {name for _, name in reads} == {threading.current_thread().name}
+
+
 def rest_indices(iterator) -> list[int]:
     return [i for indices, _ in iterator for i in indices]
 
 
-def test_loader_reraises_read_errors_and_stops_cleanly():
+@pytest.mark.parametrize("workers", [0, 4])
+def test_loader_reraises_read_errors_and_stops_cleanly(workers):
     def read(i: int) -> np.ndarray:
         if i == 5:
             raise OSError("corrupt tile 5")
@@ -136,11 +154,11 @@ def test_loader_reraises_read_errors_and_stops_cleanly():
 
     seen = []
     with pytest.raises(OSError, match="corrupt tile 5"):
-        for indices, _ in PrefetchingTileLoader(read, range(10), batch_size=2):
+        for indices, _ in PrefetchingTileLoader(read, range(10), batch_size=2, workers=workers):
             seen.extend(indices)
     assert seen == [0, 1, 2, 3]
 
-    iterator = iter(PrefetchingTileLoader(read, range(4), batch_size=2))
+    iterator = iter(PrefetchingTileLoader(read, range(4), batch_size=2, workers=workers))
     next(iterator)
     iterator.close()  # an early stop must not hang on the pool
 

@@ -39,11 +39,11 @@ class TissueClassifier(BasePipeline):
 
     def process_tiles(self, reader, prepared, indices, params, model: ModelSpec | None = None):
         plan = prepared.plan
-        from predictions.imaging.inference import PrefetchingTileLoader, classify, to_batch_tensor
+        from predictions.imaging.inference import PrefetchingTileLoader, classify, reading_threads, to_batch_tensor
 
         net, device = loaded_model(model)
         loader = PrefetchingTileLoader(lambda i: self.read_tile(reader, plan, i), list(indices),
-                                       self.INFERENCE_BATCH)
+                                       self.INFERENCE_BATCH, workers=reading_threads(device))
         rows = []
         for _, tiles in loader:
             probs = classify(net, to_batch_tensor(tiles, model.mean, model.std, device), device)
