@@ -46,7 +46,7 @@ from django.utils import timezone
 from experiments.models import Experiment
 from histoia.queues import CPU, MAX_PRIORITY, PRIORITY_NORMAL, QUEUE_NAMES
 
-from .models import DispatchLock, Prediction, SlideRun, Status, WorkerSlots
+from .models import BatchResult, DispatchLock, Prediction, SlideRun, Status, WorkerSlots
 from .run_order import Entry, run_order, turn_after
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,19 @@ def window(queue: str) -> int:
     return processes(queue) + settings.HISTOIA_DISPATCH_AHEAD
 
 
+def batches_done():
+    """A run's tile batches finished, as a subquery. annotate(Count("batches")) would make
+    SQLite group by every column of the run, its plan (megabytes on a large slide) included,
+    on every step's end."""
+    finished = BatchResult.objects.filter(run=OuterRef("pk")).order_by().values("run").annotate(n=Count("pk"))
+    return Coalesce(Subquery(finished.values("n")), 0)
+
+
 def in_flight(queue: str) -> int:
     """Steps on `queue` sent and not finished (see the module docstring)."""
     running = SlideRun.objects.filter(status=Status.RUNNING, prediction__status=Status.RUNNING)
     batches = (running.filter(prediction__pipeline__batch_queue=queue, batch_count__isnull=False)
-               .annotate(done=Count("batches")).values_list("batches_sent", "done"))
+               .annotate(done=batches_done()).values_list("batches_sent", "done"))
     count = sum(max(0, sent - done) for sent, done in batches)
     if queue == CPU:
         cpu_steps = running.aggregate(prepares=Count("pk", filter=Q(batch_count__isnull=True)),
@@ -319,7 +327,7 @@ def send_unsent(*, older_than: timedelta = timedelta(seconds=60)) -> list[str]:
     steps = []
     runs = (SlideRun.objects.filter(status=Status.RUNNING, prediction__status=Status.RUNNING,
                                     dispatched_at__lt=cutoff)
-            .annotate(done=Count("batches")).select_related("prediction__pipeline"))
+            .annotate(done=batches_done()).select_related("prediction__pipeline").defer("plan"))
     for run in runs:
         queue = run.prediction.pipeline.batch_queue or CPU
         if run.batch_count is None:
