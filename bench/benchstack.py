@@ -422,6 +422,17 @@ def dump(path: Path | None, report: dict) -> None:
         Path(path).write_text(json.dumps(report, indent=2, default=str))
 
 
+def same_memory_as_workers() -> str:
+    """Give this process a worker's malloc limits (histoia/malloc.py), for a plain loop run here
+    beside Histo-IA: the ratio is then the platform's cost, not the allocator's luck. What was
+    done, in words."""
+    from django.conf import settings
+
+    from histoia.malloc import keep_freed_memory
+
+    return keep_freed_memory(settings.WORKER_MALLOC_MMAP_THRESHOLD_MB, settings.WORKER_MALLOC_TRIM_THRESHOLD_MB)
+
+
 def top_up(target: int, experiments, pipeline, slides) -> None:
     """Queued predictions (one slide run each) until `target` are waiting, turns as submits give."""
     from predictions import dispatch

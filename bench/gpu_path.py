@@ -145,14 +145,7 @@ def main(argv=None) -> int:
         user, experiment, slide, warm = stack.benchmark_slides(slide_path)
         report["slide_info"] = {"width": slide.width, "height": slide.height, "vendor": slide.vendor, "mpp": slide.mpp}
         register_demo_model(user)
-        # The bare loops run in this process: with the same malloc limits as a worker
-        # (histoia/malloc.py), so the ratio is the platform's cost, not the allocator's luck.
-        from django.conf import settings
-
-        from histoia.malloc import keep_freed_memory
-
-        report["bare_loop_memory"] = keep_freed_memory(settings.WORKER_MALLOC_MMAP_THRESHOLD_MB,
-                                                       settings.WORKER_MALLOC_TRIM_THRESHOLD_MB)
+        report["bare_loop_memory"] = benchstack.same_memory_as_workers()   # the bare loops run here
         row = pipeline_row("tissue-classifier")
         code = row.code
         meta = model_meta()

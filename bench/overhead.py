@@ -9,7 +9,8 @@ Histo-IA side: a throw-away instance (bench/benchstack.py) with ONE real cpu wor
 predictions.engine.submit (default parameters), wall time from just before submit to the
 prediction's finished_at (its own row, written by the worker when the last slide is aggregated).
 
-Plain side: in this process, the same pipeline object from the registry, on the same slide file:
+Plain side: in this process (with the worker's malloc limits, histoia/malloc.py), the same
+pipeline object from the registry, on the same slide file:
 Pipeline.prepare -> process_tiles for each batch of the same Plan (same batch size) ->
 Pipeline.aggregate, with one SlideReader open for the whole loop; nothing stored.
 
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
         code = row.code
         params = code.parse_params({})
         report["worker_command"] = " ".join(stack.start_worker("cpu", 1)[2:])
+        report["plain_loop_memory"] = benchstack.same_memory_as_workers()   # the plain loop runs here
         report["slide_info"] = {"width": slide.width, "height": slide.height, "vendor": slide.vendor,
                                 "mpp": slide.mpp}
 
@@ -152,6 +154,7 @@ def main(argv=None) -> int:
 
     benchstack.print_header("platform overhead", report)
     print(f"worker:  {report['worker_command']}")
+    print(f"memory:  worker and plain loop alike: {report['plain_loop_memory']}")
     si = report["slide_info"]
     print(f"slide:   {report['slide']} ({si['width']} x {si['height']} px, {si['vendor']}, mpp {si['mpp']})")
     print(f"pipeline {args.pipeline}, default parameters, {report['runs'][0]['tiles']} tiles")
