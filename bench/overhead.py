@@ -45,7 +45,7 @@ def plain_loop(code, path: Path, params: dict) -> tuple[float, dict, list[dict]]
         plan = prepared.plan
         rows: list[dict] = []
         for batch in plan.batches():
-            rows += code.process_tiles(reader, plan, batch, params, None)
+            rows += code.process_tiles(reader, prepared, batch, params, None)
     outcome = code.aggregate(prepared, rows, params, None)
     elapsed = time.perf_counter() - started
     return elapsed, time.process_time() - cpu, outcome.metrics, rows
