@@ -39,7 +39,12 @@ class TissueClassifier(BasePipeline):
 
     def process_tiles(self, reader, prepared, indices, params, model: ModelSpec | None = None):
         plan = prepared.plan
-        from predictions.imaging.inference import PrefetchingTileLoader, classify, reading_threads, to_batch_tensor
+        from predictions.imaging.inference import (
+            PrefetchingTileLoader,
+            classify,
+            reading_threads,
+            to_batch_tensor,
+        )
 
         net, device = loaded_model(model)
         loader = PrefetchingTileLoader(lambda i: self.read_tile(reader, plan, i), list(indices),
