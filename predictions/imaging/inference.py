@@ -102,8 +102,8 @@ class PrefetchingTileLoader:
 
     Batches follow the order of indices; each index is read exactly once. prefetch_batches is how
     many batches are read ahead of the one being consumed; with workers=0 there are no threads:
-    each batch is read in the caller when it is asked for (see reading_threads). An exception raised by read_tile is
-    raised again in the consumer when its batch is reached. Stopping the iteration early cancels
+    each batch is read in the caller when it is asked for (see reading_threads). An exception
+    raised by read_tile is raised again in the consumer when its batch is reached. Stopping the iteration early cancels
     reads not yet started and waits for those already running.
     """
 

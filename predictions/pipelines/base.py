@@ -227,6 +227,9 @@ class Plan:
 
 @dataclass
 class Prepared:
+    """A prepared slide. The tile step reads it and must not change it: a worker hands the same
+    one to every batch of the slide (its mask is read-only there)."""
+
     plan: Plan
     mask: np.ndarray   # bool, the tissue mask at mask_downsample
 
