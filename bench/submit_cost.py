@@ -142,7 +142,7 @@ def main() -> None:
                 for number, query in enumerate(captured.captured_queries, 1):
                     print(f"  {number:>2}. {query['time']:>6}s  {query['sql'][:160]}")
             if profiler:
-                pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(30)
+                pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
             plan = {e["pk"]: e for e in queueing.waiting(load=False)}
             right = sum(1 for a in answers[-5:] if plan.get(a["id"], {}).get("position") == a["queue_position"])
             row = {"queued": size, "p50_ms": round(percentile(times, 50), 1), "p90_ms": round(percentile(times, 90), 1),

@@ -149,9 +149,9 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         return PredictionDetailSerializer
 
     def _accepted(self, prediction):
-        # The prediction the submit just wrote, with its experiment, pipeline, model and user
-        # already in hand: read back only what its dispatch may have changed since, and its runs.
-        prediction.refresh_from_db(fields=["status", "started_at"])
+        # The prediction as the submit wrote it, with its experiment, pipeline, model and user
+        # already in hand: only its runs are read. (A worker's dispatcher starts it after commit;
+        # the answer says "queued" even if that has happened already.)
         prefetch_related_objects([prediction], RUNS_WITHOUT_PLAN)
         data = PredictionDetailSerializer(prediction, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["status_url"]})

@@ -24,9 +24,9 @@ dispatch sends it again; if the dispatcher dies between the two, send_unsent() s
 worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the web process after a submit (only while the window has room: else the
-worker taking the submit's start message does) or a cancel, a worker after each step, and beat
-once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
+Who dispatches: the worker taking a submit's start message (sent at the highest priority, so it
+does not wait behind steps; the web process only writes the rows and sends that message), the web
+process after a cancel, a worker after each step, and beat once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
 sends again what a broker that was away refused.
 """
 
@@ -39,7 +39,7 @@ from datetime import timedelta
 from celery import signals
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Max, OuterRef, Q, Subquery
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -134,12 +134,21 @@ def active_in_run_order(queue: str | None = None) -> list[tuple[Entry, int]]:
     return [(e, pipeline_of[e.pk]) for e in run_order([e for e, _ in pairs])]
 
 
+# What run order needs of a prediction, as values: entries_of reads them, and the queue pages
+# read them through the slide runs (prefixed "prediction__").
+ENTRY_FIELDS = ("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at", "turn", "pipeline_id")
+
+
+def entry_of(row) -> tuple[Entry, int]:
+    """(run-order Entry, pipeline row id) from the ENTRY_FIELDS of one prediction."""
+    pk, lab, priority, status, created, started, turn, pipeline_id = row
+    return (Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING, created, started, turn),
+            pipeline_id)
+
+
 def entries_of(predictions) -> list[tuple[Entry, int]]:
     """(run-order Entry, pipeline row id) of each of these predictions (a queryset), unordered."""
-    rows = predictions.values_list("pk", "experiment__lab_id", "priority", "status", "created_at", "started_at",
-                                   "turn", "pipeline_id")
-    return [(Entry(pk, lab, priority == Prediction.Priority.URGENT, status == Status.RUNNING, created, started, turn),
-             pipeline_id) for pk, lab, priority, status, created, started, turn, pipeline_id in rows]
+    return [entry_of(row) for row in predictions.values_list(*ENTRY_FIELDS)]
 
 
 def _queue_in_run_order(queue: str):
@@ -162,14 +171,16 @@ def _queue_in_run_order(queue: str):
 
 def new_turn(lab_id: int) -> int:
     """The turn of a prediction `lab_id` submits now (run_order.turn_after)."""
-    served = (Prediction.objects.filter(started_at__isnull=False).exclude(priority=Prediction.Priority.URGENT)
-              .aggregate(t=Max("turn"))["t"] or 0)
-    # Each experiment's highest turn from its index (one index probe per experiment of the lab),
+    # One query: the highest turn served (a constant subquery: the Value groups by nothing), and
+    # each experiment's highest turn from its index (one index probe per experiment of the lab),
     # not the maximum over every prediction the lab ever made.
+    served = (Prediction.objects.filter(started_at__isnull=False).exclude(priority=Prediction.Priority.URGENT)
+              .order_by().annotate(all=Value(1)).values("all").annotate(t=Max("turn")).values("t"))
     highest = Prediction.objects.filter(experiment=OuterRef("pk")).order_by("-turn").values("turn")[:1]
-    lab_last = (Experiment.objects.filter(lab_id=lab_id).annotate(t=Subquery(highest))
-                .order_by(F("t").desc(nulls_last=True)).values_list("t", flat=True).first() or 0)
-    return turn_after(served, lab_last)
+    row = (Experiment.objects.filter(lab_id=lab_id).annotate(t=Subquery(highest), served=Subquery(served))
+           .order_by(F("t").desc(nulls_last=True)).values_list("served", "t").first())
+    served_turn, lab_last = row or (None, None)
+    return turn_after(served_turn or 0, lab_last or 0)
 
 
 def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], bool]:
@@ -214,18 +225,11 @@ def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], 
 
 
 # -- sending ---------------------------------------------------------------------------------
-def dispatch(queue: str, *, quick: bool = False, if_room: bool = False) -> int:
+def dispatch(queue: str, *, quick: bool = False) -> int:
     """Fill `queue`'s window in run order; returns how many steps were sent (after commit).
 
     quick: called from a web request; a broker that is away is given up on within seconds.
-    if_room: a submit's dispatch. The window is first counted without the lock and, when it is
-    full, nothing more is done: with many clients submitting they would otherwise wait on each
-    other for the lock for nothing, since the submit's start message (or the next step to end)
-    dispatches after its commit. With room, it is counted again under the lock, which is what
-    makes the count right; a submit to idle workers still starts at once.
     """
-    if if_room and window(queue) - in_flight(queue) <= 0:
-        return 0
     with transaction.atomic():
         # The lock: one dispatcher per queue at a time (a row UPDATE locks on every database).
         if not DispatchLock.objects.filter(queue=queue).update(at=timezone.now()):
@@ -247,11 +251,11 @@ def dispatch(queue: str, *, quick: bool = False, if_room: bool = False) -> int:
     return len(chosen)
 
 
-def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False, if_room: bool = False) -> None:
-    """Fill the windows of these queues (all by default; a submit fills its pipeline's only)."""
+def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False) -> None:
+    """Fill the windows of these queues (all by default)."""
     for queue in queues:
         try:
-            dispatch(queue, quick=quick, if_room=if_room)
+            dispatch(queue, quick=quick)
         except Exception:  # noqa: BLE001
             # The caller's own work is done and committed (a submit, a finished step): never
             # fail it for this. The next step's end, or the periodic dispatch, tries again.

@@ -37,7 +37,7 @@ from experiments.slide_files import SlideFileError, SlideReader
 from histoia.queues import MAX_PRIORITY
 from histoia.spreadsheet import dict_writer
 
-from . import detections, dispatch, queueing
+from . import detections, dispatch, queueing, task_records
 from .models import FINAL_STATES, BatchResult, Prediction, RegisteredModel, SlideRun, Status
 from .models import result_path
 from .pipelines import ParamError, Plan, Prepared
@@ -132,10 +132,9 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
                      declared_stain=stains[s.pk]) for s in slides
         ])
-        # Started here at once when the workers have room; else when its turn comes (the start
-        # message's worker dispatches too, after this one: on_commit keeps the order). Only its
-        # pipeline's queue can have changed.
-        transaction.on_commit(lambda: dispatch.dispatch_all([pipeline_row.batch_queue], quick=True, if_room=True))
+        # The web process does not dispatch: the start message wakes the dispatcher on a worker,
+        # which starts the prediction at once when there is room, else when its turn comes. So a
+        # submit costs its own rows and one message, however busy the queue (bench/submit_cost.py).
         send_start(prediction)
     return prediction
 
@@ -148,11 +147,13 @@ def current_model(model_name: str) -> RegisteredModel | None:
 def send_start(prediction: Prediction) -> None:
     """Send the start message after commit; a broker that is away does not fail the submit.
 
-    The prediction stays queued and predictions.cpu.resend_queued_predictions sends it again
-    (it finds no task row for start_task_id: the row written at publish time is removed here).
+    The message only wakes the dispatcher, which puts the work in run order (urgent first); so it
+    goes at the highest priority, ahead of steps already waiting for a worker. The prediction stays
+    queued if it cannot be sent, and predictions.cpu.resend_queued_predictions sends it again (it
+    finds no task row for start_task_id: the row written with the prediction is removed then).
     """
     _send_after_commit("predictions.cpu.start_prediction", prediction, [prediction.pk],
-                       task_id=start_task_id(prediction), robust=True)
+                       task_id=start_task_id(prediction), robust=True, priority=MAX_PRIORITY)
 
 
 def _send_after_commit(task_name, prediction, args, task_id=None, robust=False, priority=None):
@@ -161,16 +162,19 @@ def _send_after_commit(task_name, prediction, args, task_id=None, robust=False, 
         transaction.on_commit(lambda: inline.send(task_name, args))
         return
     priority = prediction.celery_priority if priority is None else priority
+    # Submitted from a page or the API: the task row is written with the caller's rows, in its
+    # transaction, rather than in a transaction of its own at publish time.
+    headers = task_records.record_queued(task_id, task_name, args) if robust else None
 
     def send():
         if not robust:
             current_app.send_task(task_name, args=args, task_id=task_id, priority=priority)
             return
         try:
-            # Submitted from a page or the API: give up on the broker within a few seconds
-            # rather than hold the request; the re-send job sends it later.
+            # Give up on the broker within a few seconds rather than hold the request; the
+            # re-send job sends it later.
             current_app.send_task(task_name, args=args, task_id=task_id, priority=priority,
-                                  retry_policy=SUBMIT_RETRY)
+                                  retry_policy=SUBMIT_RETRY, headers=headers)
         except Exception:
             log.warning("could not send %s for prediction %s; it will be sent again", task_name,
                         prediction.pk, exc_info=True)

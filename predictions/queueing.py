@@ -295,14 +295,28 @@ def _place_new(planner: _Planner, known: tuple, version: tuple) -> bool:
     queued, running, newest = version
     if running != known[1] or newest <= known[2]:
         return False
-    new = Prediction.objects.filter(pk__gt=known[2], status__in=ACTIVE)
-    entries = [(e, pipeline_id) for e, pipeline_id in dispatch.entries_of(new)]
+    entries, runs = _new_since(known[2])
     if len(entries) != queued - known[0] or any(e.started for e, _ in entries):
         return False
-    runs = _runs_of(new)
     for e, pipeline_id in entries:
-        planner.add(e, pipeline_id, runs.get(e.pk, ()))
+        planner.add(e, pipeline_id, runs[e.pk])
     return True
+
+
+def _new_since(newest: int) -> tuple[list, dict[int, list]]:
+    """The active predictions after prediction `newest` as (Entry, pipeline id), in pk order,
+    and their runs' progress by prediction: one query, through their slide runs (every
+    prediction has at least one)."""
+    entries, runs = {}, defaultdict(list)
+    fields = [f"prediction__{name}" for name in dispatch.ENTRY_FIELDS]
+    for row in (SlideRun.objects.filter(prediction__pk__gt=newest, prediction__status__in=ACTIVE)
+                .order_by("prediction_id", "pk")
+                .values_list(*fields, "status", "total_units", "done_units", "slide__width", "slide__height")):
+        head, (status, total, done, width, height) = row[:len(fields)], row[len(fields):]
+        if head[0] not in entries:
+            entries[head[0]] = dispatch.entry_of(head)
+        runs[head[0]].append((status, total, done, _megapixels(width, height)))
+    return list(entries.values()), runs
 
 
 def forget_recent_plan() -> None:

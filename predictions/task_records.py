@@ -9,35 +9,57 @@ import logging
 from dataclasses import dataclass
 
 from celery import states
+from celery.utils.saferepr import saferepr
 from django.db import DatabaseError
 
 log = logging.getLogger(__name__)
 
 
-def record_sent(headers: dict, routing_key: str | None) -> None:
-    from django_celery_results.models import TaskResult
+# A message whose row was written already, in the transaction that decided to send it
+# (record_queued): the publish does not write it again.
+RECORDED_HEADER = "histoia_recorded"
 
+
+def record_sent(headers: dict, routing_key: str | None) -> None:
     task_id = headers.get("id")
-    if not task_id:
+    if not task_id or headers.get(RECORDED_HEADER):
         return
     try:
-        # One INSERT … ON CONFLICT DO NOTHING, not get_or_create's read, savepoint and write: this
-        # runs for every message sent, a submit's included. A row already there (a message sent
-        # again under its deterministic id) keeps what the worker wrote into it.
-        TaskResult.objects.bulk_create([TaskResult(
-            task_id=task_id,
-            status=states.PENDING,
-            task_name=headers.get("task"),
-            task_args=headers.get("argsrepr"),
-            task_kwargs=headers.get("kwargsrepr"),
-            periodic_task_name=headers.get("periodic_task_name"),
-            worker=None,
-            content_type="application/json",
-            content_encoding="utf-8",
-        )], ignore_conflicts=True)
+        _insert(task_id, headers.get("task"), headers.get("argsrepr"), headers.get("kwargsrepr"),
+                headers.get("periodic_task_name"))
     except DatabaseError:
         # Never let bookkeeping stop a task from being sent.
         log.warning("could not record queued task %s", task_id, exc_info=True)
+
+
+def record_queued(task_id: str, task_name: str, args: list) -> dict:
+    """Write a task's row now, inside the caller's transaction, for a message it sends after
+    commit; returns the headers that message carries so its publish does not write it again.
+
+    A submit does this for its start message: the row is one more statement of the transaction
+    that writes the prediction, not a transaction of its own at publish time.
+    """
+    _insert(task_id, task_name, saferepr(args), "{}", None)
+    return {RECORDED_HEADER: True}
+
+
+def _insert(task_id, task_name, args_repr, kwargs_repr, periodic_task_name) -> None:
+    from django_celery_results.models import TaskResult
+
+    # One INSERT … ON CONFLICT DO NOTHING, not get_or_create's read, savepoint and write: this
+    # runs for every message sent. A row already there (a message sent again under its
+    # deterministic id) keeps what the worker wrote into it.
+    TaskResult.objects.bulk_create([TaskResult(
+        task_id=task_id,
+        status=states.PENDING,
+        task_name=task_name,
+        task_args=args_repr,
+        task_kwargs=kwargs_repr,
+        periodic_task_name=periodic_task_name,
+        worker=None,
+        content_type="application/json",
+        content_encoding="utf-8",
+    )], ignore_conflicts=True)
 
 
 # -- a prediction's tasks, as the staff see them on its page ----------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from predictions.pipelines.ihc_dab import IhcDab
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 
 from experiments.models import Experiment, Slide
 from predictions import engine, queueing
@@ -167,9 +168,12 @@ def test_submit_answers_202_and_sends_its_start_after_commit(api_setup, django_c
     assert prediction.status == Status.QUEUED and prediction.priority == "urgent"
     assert [r.slide_id for r in prediction.runs.all()] == [api_setup["slide"].pk]
     assert body["queue_position"] == 1 and body["eta_seconds"] > 0
-    # Once the rows are committed: the start message, and the dispatcher's call (it starts the
-    # prediction at once when the workers have room).
-    assert len(callbacks) == 2
+    # Once the rows are committed: the start message only (the worker that takes it dispatches).
+    # Its task row, "queued", was written with the prediction's rows.
+    assert len(callbacks) == 1
+    start = TaskResult.objects.get(task_id=f"p{prediction.pk}-start")
+    assert (start.status, start.task_name, start.task_args) == ("PENDING", "predictions.cpu.start_prediction",
+                                                                f"[{prediction.pk}]")
 
 
 @pytest.mark.parametrize("data, field, message", [
@@ -221,14 +225,15 @@ def test_submit_of_a_disabled_pipeline_or_without_a_model(api_setup, pipeline_ro
 
 
 def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch, django_capture_on_commit_callbacks):
-    from django_celery_results.models import TaskResult
     from kombu.exceptions import OperationalError
 
     from histoia.celery import app
 
+    rows_at_send = []
+
     def broker_down(name, *args, task_id=None, **kwargs):
-        # As Celery does: the task row is written before publishing, then the connection fails.
-        TaskResult.objects.create(task_id=task_id, status="PENDING", task_name=name)
+        # The task row was written with the prediction's rows; then the connection fails.
+        rows_at_send.append(TaskResult.objects.filter(task_id=task_id, status="PENDING").count())
         raise OperationalError("[Errno 111] Connection refused")
 
     monkeypatch.setattr(app, "send_task", broker_down)
@@ -236,7 +241,7 @@ def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch
         response = submit(api_setup["client"], experiment=api_setup["experiment"].pk, pipeline="tissue-area")
     assert response.status_code == 202
     prediction = Prediction.objects.get(pk=response.json()["id"])
-    assert prediction.status == Status.QUEUED
+    assert prediction.status == Status.QUEUED and rows_at_send == [1]
     # No task row is left pretending the start message is queued: the re-send sweep will send it.
     assert not TaskResult.objects.filter(task_id=engine.start_task_id(prediction)).exists()
 

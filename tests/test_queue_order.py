@@ -24,6 +24,20 @@ def submit(slide, pipeline, user, priority=Prediction.Priority.NORMAL):
     return engine.submit(slide.experiment, pipeline, [slide], SMALL_TILES, user=user, priority=priority)
 
 
+def submit_losing_its_first_step(slide, pipeline, user, monkeypatch):
+    """A submit whose dispatcher dies between its commit and its publish: the slide's prepare is
+    counted as sent and never reaches the broker. (This process dispatches it, in place of the
+    worker that would take the start message.)"""
+    from predictions import dispatch
+
+    monkeypatch.setattr(engine, "send_start", lambda prediction: None)
+    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # recorded, never sent
+    prediction = submit(slide, pipeline, user)
+    dispatch.dispatch_all()
+    monkeypatch.undo()
+    return prediction
+
+
 def shown_order(*predictions):
     """The dashboard's order of these predictions, as shown now."""
     wanted = {p.pk for p in predictions}
@@ -120,15 +134,12 @@ def test_a_step_counted_as_sent_but_never_sent_is_sent_by_the_minute_check(worke
     from predictions import maintenance
 
     slide = make_slide(CMU_SLIDE)
-    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # the message is lost
-    prediction = submit(slide, pipelines["ihc-dab"], alice)
+    prediction = submit_losing_its_first_step(slide, pipelines["ihc-dab"], alice, monkeypatch)
     run = prediction.runs.get()
-    run.refresh_from_db()
     assert run.status == Status.RUNNING and run.dispatched_at is not None   # counted as sent
     time.sleep(3)
     run.refresh_from_db()
     assert run.batch_count is None, "the prepare never reached a worker"
-    monkeypatch.undo()
     # Fresh records are left alone (the publish may be a moment behind its commit)...
     maintenance.resend_queued()
     run.refresh_from_db()
@@ -145,9 +156,7 @@ def test_a_worker_restarted_after_dying_between_commit_and_publish_sends_what_it
     """The same loss, recovered without beat: a worker killed mid-dispatch is restarted, and as
     it starts it sends the steps recorded that have no task row."""
     slide = make_slide(CMU_SLIDE)
-    monkeypatch.setattr(engine, "publish", lambda *args, **kwargs: None)   # recorded, never sent
-    prediction = submit(slide, pipelines["ihc-dab"], alice)
-    monkeypatch.undo()
+    prediction = submit_losing_its_first_step(slide, pipelines["ihc-dab"], alice, monkeypatch)
     time.sleep(3)
     run = prediction.runs.get()
     assert run.status == Status.RUNNING and run.batch_count is None, "the prepare never reached a worker"
