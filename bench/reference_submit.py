@@ -8,8 +8,8 @@ Two web services on one throw-away stack (bench/benchstack.py), both served by g
 image's GUNICORN_CMD_ARGS (gthread, 4 threads) and --web-workers processes:
 
 - Histo-IA: POST /api/v1/predictions/ (token authentication; JSON: the experiment, ihc-dab, the
-  small CMU slide), which checks, writes its rows, answers 202 with position and ETA and
-  dispatches after commit;
+  small CMU slide), which checks, writes its rows, answers 202 with position and ETA and sends
+  its start message after commit (a worker dispatches);
 - the reference (bench/reference_app.py): the same JSON body, one Celery task published on the
   same broker, 202 with the task id.
 

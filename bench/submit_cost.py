@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--history", type=int, default=0, help="finished predictions added first (default 0)")
     parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last submit of each size")
-    parser.add_argument("--profile", action="store_true", help="cProfile the timed submits of each size (top 30)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed submits of each size: the top PROFILE_TOP (30) by PROFILE_SORT "
+                        "(cumulative), of the functions matching the regular expression PROFILE_FILTER")
     args = parser.parse_args()
 
     stack = Stack("submit", args.stack, keep=args.keep)
@@ -142,7 +143,8 @@ def main() -> None:
                 for number, query in enumerate(captured.captured_queries, 1):
                     print(f"  {number:>2}. {query['time']:>6}s  {query['sql'][:160]}")
             if profiler:
-                pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
+                stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
+                stats.print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
             plan = {e["pk"]: e for e in queueing.waiting(load=False)}
             right = sum(1 for a in answers[-5:] if plan.get(a["id"], {}).get("position") == a["queue_position"])
             row = {"queued": size, "p50_ms": round(percentile(times, 50), 1), "p90_ms": round(percentile(times, 90), 1),
