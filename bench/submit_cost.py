@@ -79,8 +79,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--history", type=int, default=0, help="finished predictions added first (default 0)")
     parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last submit of each size")
-    parser.add_argument("--profile", action="store_true", help="cProfile the timed submits of each size: the top PROFILE_TOP (30) by PROFILE_SORT "
-                        "(cumulative), of the functions matching the regular expression PROFILE_FILTER")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the timed submits of each size: the top PROFILE_TOP (30) by PROFILE_SORT "
+                             "(cumulative), of the functions matching the regular expression PROFILE_FILTER")
     args = parser.parse_args()
 
     stack = Stack("submit", args.stack, keep=args.keep)
