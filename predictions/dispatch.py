@@ -26,8 +26,9 @@ crash changes neither the order nor the window.
 
 Who dispatches: the worker taking a submit's start message (sent at the highest priority, so it
 does not wait behind steps; the web process only writes the rows and sends that message), the web
-process after a cancel, a worker after each step, and beat once a minute (with the re-send of queued predictions, predictions/maintenance.py), which also
-sends again what a broker that was away refused.
+process after a cancel, a worker after each step, and beat once a minute (with the re-send of
+queued predictions, predictions/maintenance.py), which also sends again what a broker that was
+away refused.
 """
 
 from __future__ import annotations
