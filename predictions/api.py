@@ -47,6 +47,9 @@ BAD_PARAM_EXAMPLE = OpenApiExample(
     "Bad parameter", response_only=True, status_codes=["400"],
     value={"params": ["Tile size (px) must be at most 2048; got 4096."]})
 
+# The rows PredictionSerializer shows of a prediction, read with it.
+PREDICTION_RELATED = ("experiment", "pipeline", "model", "triggered_by", "cancelled_by")
+
 # Slide runs as the prediction endpoints show them: not the plan, which lists every tile of the
 # slide and is polled for progress.
 RUNS_WITHOUT_PLAN = Prefetch("runs", queryset=SlideRun.objects.select_related("slide").defer("plan"))
@@ -122,8 +125,7 @@ class PredictionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
     filterset_class = PredictionAPIFilter
 
     def get_queryset(self):
-        queryset = (Prediction.objects.for_user(self.request.user)
-                    .select_related("experiment", "pipeline", "model", "triggered_by", "cancelled_by")
+        queryset = (Prediction.objects.for_user(self.request.user).select_related(*PREDICTION_RELATED)
                     .order_by("-created_at", "-pk"))
         if self.action == "retrieve":
             queryset = queryset.prefetch_related(RUNS_WITHOUT_PLAN)
@@ -269,12 +271,15 @@ class QueueView(APIView):
         paginator = Pagination()
         page = paginator.paginate_queryset(queueing.waiting(request.user, load=False, recent=True), request,
                                            view=self)
+        entries = queueing.with_predictions(page, related=PREDICTION_RELATED)
+        # One serializer for the page (its fields are built once, not once per entry).
+        predictions = PredictionSerializer([e["prediction"] for e in entries], many=True, context=context).data
         return paginator.get_paginated_response([{
             "position": e["position"], "status": e["status"], "queue": e["queue"], "eta_seconds": e["eta_seconds"],
             "estimated_without_history": e["estimated_without_history"],
             "throughput": e["throughput"].as_dict(),
-            "prediction": PredictionSerializer(e["prediction"], context=context).data,
-        } for e in queueing.with_predictions(page)])
+            "prediction": prediction,
+        } for e, prediction in zip(entries, predictions)])
 
 
 class WorkersView(APIView):

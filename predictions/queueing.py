@@ -19,9 +19,11 @@ measures how close that comes).
 from __future__ import annotations
 
 import bisect
+import heapq
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -190,15 +192,25 @@ def _key(e) -> tuple:
 
 class _Planner:
     """Positions and ETAs over predictions given in run order; predictions submitted later can be
-    placed into it (add) without planning the rest again."""
+    placed into it (add) without planning the rest again.
+
+    Every list of keys is kept sorted (run order), so a lab's listing, a position and an ETA are
+    each a slice or a bisection: what a page shows costs what it shows, not the queue's length.
+    `lock` guards them: requests read a plan that another request may be placing a submit into.
+    """
+
+    PRIVATE = ("key", "own", "pipeline_id")   # kept for planning, not part of an entry
 
     def __init__(self):
+        self.lock = threading.Lock()
         self.rates: dict[int, Throughput] = {}
         self.parallel: dict[str, int] = {}
         self.pipelines: dict[int, Pipeline] = {}
         self.entries: dict[int, dict] = {}
-        self.waiting_keys: list[tuple] = []                 # sorted
-        self.queue_keys: dict[str, list[tuple]] = defaultdict(list)    # sorted, per queue
+        self.keys: list[tuple] = []                          # every entry's key
+        self.lab_keys: dict[int, list[tuple]] = defaultdict(list)      # per lab
+        self.waiting_keys: list[tuple] = []                 # the ones not started
+        self.queue_keys: dict[str, list[tuple]] = defaultdict(list)    # per queue
         self.queue_etas: dict[str, list[float]] = defaultdict(list)    # ends, aligned with queue_keys
 
     def parallelism(self, queue):
@@ -228,11 +240,33 @@ class _Planner:
         etas.insert(i, (etas[i - 1] if i else 0.0) + own)
         for j in range(i + 1, len(etas)):
             etas[j] += own
+        bisect.insort(self.keys, key)
+        bisect.insort(self.lab_keys[e.lab], key)
         if not e.started:
             bisect.insort(self.waiting_keys, key)
         self.entries[e.pk] = {"pk": e.pk, "key": key, "status": Status.RUNNING if e.started else Status.QUEUED,
                               "queue": queue, "lab": e.lab, "estimated_without_history": rate.no_history,
-                              "throughput": rate}
+                              "throughput": rate, "own": own, "pipeline_id": pipeline_id}
+
+    def remeasure(self, pk, runs) -> None:
+        """A planned prediction's remaining work measured again from its runs' progress: its end,
+        and every end behind it on its queue, move by the difference."""
+        found = self.entries[pk]
+        own = _remaining(runs, self.rate(found["pipeline_id"]), self.parallelism)
+        change, found["own"] = own - found["own"], own
+        if change:
+            keys, etas = self.queue_keys[found["queue"]], self.queue_etas[found["queue"]]
+            for j in range(bisect.bisect_left(keys, found["key"]), len(etas)):
+                etas[j] += change
+
+    def listing(self, labs=None) -> Listing:
+        """The entries of these labs (all when None) in run order, read as they are shown."""
+        with self.lock:
+            if labs is None:
+                keys = list(self.keys)
+            else:
+                keys = list(heapq.merge(*(self.lab_keys.get(lab, ()) for lab in labs)))
+        return Listing(self, keys)
 
     def entry(self, pk) -> dict | None:
         found = self.entries.get(pk)
@@ -241,7 +275,26 @@ class _Planner:
         key, queue = found["key"], found["queue"]
         position = 0 if found["status"] == Status.RUNNING else bisect.bisect_left(self.waiting_keys, key) + 1
         eta = self.queue_etas[queue][bisect.bisect_left(self.queue_keys[queue], key)]
-        return {k: v for k, v in found.items() if k != "key"} | {"position": position, "eta_seconds": round(eta)}
+        return ({k: v for k, v in found.items() if k not in self.PRIVATE}
+                | {"position": position, "eta_seconds": round(eta)})
+
+
+class Listing(Sequence):
+    """Queue entries in run order (see waiting), each built when it is read: a page of 25 costs 25
+    entries however long the queue. `running` is how many come first because they have started."""
+
+    def __init__(self, planner: _Planner, keys: list[tuple]):
+        self.planner, self.keys = planner, keys
+        self.running = bisect.bisect_left(keys, (1,))   # started ones' keys begin with 0 (_key)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        with self.planner.lock:
+            if isinstance(index, slice):
+                return [self.planner.entry(key[-1]) for key in self.keys[index]]
+            return self.planner.entry(self.keys[index][-1])
 
 
 def _plan() -> _Planner:
@@ -255,14 +308,17 @@ def _plan() -> _Planner:
     return planner
 
 
-# One prediction's place (its 202 answer, its page, its API detail) comes from a plan at most
-# PLAN_SECONDS old, kept per process: what it says of order and positions is always current (the
-# queue's counts and newest prediction are checked on every use, and predictions submitted since
-# are placed into it), while its ETAs may be a few seconds behind the work done. So a submit
-# costs the same with 10 or 10,000 predictions waiting (bench/submit_cost.py). The dashboard and
-# the API's queue list from it too (waiting(recent=True)); a full plan is made at most once per
-# PLAN_SECONDS per process, or when a prediction has started or ended.
+# One prediction's place (its 202 answer, its page, its API detail) comes from a plan kept per
+# process: what it says of order and positions is always current (the queue's counts and newest
+# prediction are checked on every use, and predictions submitted since are placed into it), while
+# its ETAs may be a few seconds behind the work done: every PLAN_SECONDS the running predictions'
+# progress is read again and the ends behind them move with it (a few rows, whatever the queue's
+# length). So a submit, a dashboard refresh and the API's queue cost the same with 10 or 10,000
+# predictions waiting (bench/submit_cost.py, bench/page_cost.py). The queue is planned in full
+# (320 ms with 10,000 waiting) only when a prediction has started or ended, and every
+# FULL_PLAN_SECONDS, which brings in the pipelines' newly measured speeds and the workers' count.
 PLAN_SECONDS = 5.0
+FULL_PLAN_SECONDS = 60.0
 _recent: dict = {}
 _recent_lock = threading.Lock()
 
@@ -277,16 +333,28 @@ def _queue_version() -> tuple:
 def _recent_plan() -> _Planner:
     version = _queue_version()
     with _recent_lock:
-        made_at, known, planner = _recent.get("plan", (0.0, None, None))
-        if planner is not None and time.monotonic() - made_at < PLAN_SECONDS:
-            if known == version:
-                return planner
-            if _place_new(planner, known, version):
-                _recent["plan"] = (made_at, version, planner)
-                return planner
+        made_at, measured_at, known, planner = _recent.get("plan", (0.0, 0.0, None, None))
+        now = time.monotonic()
+        if (planner is not None and now - made_at < FULL_PLAN_SECONDS
+                and (known == version or _place_new(planner, known, version))):
+            if now - measured_at >= PLAN_SECONDS:
+                _remeasure_running(planner)
+                measured_at = now
+            _recent["plan"] = (made_at, measured_at, version, planner)
+            return planner
         planner = _plan()
-        _recent["plan"] = (time.monotonic(), version, planner)
+        _recent["plan"] = (now, now, version, planner)
         return planner
+
+
+def _remeasure_running(planner: _Planner) -> None:
+    """The running predictions' progress read again into the plan (the same ones it planned:
+    the queue's counts said that none started or ended since)."""
+    runs = _runs_of(Prediction.objects.filter(status=Status.RUNNING))
+    with planner.lock:
+        for pk, progress in runs.items():
+            if pk in planner.entries:
+                planner.remeasure(pk, progress)
 
 
 def _place_new(planner: _Planner, known: tuple, version: tuple) -> bool:
@@ -298,8 +366,9 @@ def _place_new(planner: _Planner, known: tuple, version: tuple) -> bool:
     entries, runs = _new_since(known[2])
     if len(entries) != queued - known[0] or any(e.started for e, _ in entries):
         return False
-    for e, pipeline_id in entries:
-        planner.add(e, pipeline_id, runs[e.pk])
+    with planner.lock:
+        for e, pipeline_id in entries:
+            planner.add(e, pipeline_id, runs[e.pk])
     return True
 
 
@@ -325,12 +394,13 @@ def forget_recent_plan() -> None:
         _recent.clear()
 
 
-def waiting(user=None, load: bool = True, recent: bool = False) -> list[dict]:
+def waiting(user=None, load: bool = True, recent: bool = False) -> Listing | list[dict]:
     """Queued and running predictions `user` may see (all when user is None), in run order.
 
     Each entry: {"pk", "position" (0 = running; 1 = next to start), "status", "queue", "lab",
     "eta_seconds" (until it ends), "estimated_without_history", "throughput"}, and with `load`
-    "prediction", the model object (see with_predictions).
+    "prediction", the model object (see with_predictions). Without `load`, a Listing: entries
+    are built as they are read, so a page shows the first 25 of 10,000 for the cost of 25.
 
     recent: from this process's plan of at most PLAN_SECONDS ago, as a prediction's own place
     (entry): order and positions current, ETAs up to a few seconds behind the work done. The
@@ -338,25 +408,29 @@ def waiting(user=None, load: bool = True, recent: bool = False) -> list[dict]:
     made now (the default) reads the whole queue, 50 ms with 1,000 waiting.
     """
     planner = _recent_plan() if recent else _plan()
-    with _recent_lock:   # another request may be placing new predictions into a recent plan
-        in_order = sorted(planner.entries.values(), key=lambda found: found["key"])
-        entries = [planner.entry(found["pk"]) for found in in_order]
-    if user is not None:
-        labs = set(user.labs.values_list("pk", flat=True))
-        entries = [e for e in entries if e["lab"] in labs]
-    return with_predictions(entries) if load else entries
+    listing = planner.listing(None if user is None else list(user.labs.values_list("pk", flat=True)))
+    return with_predictions(listing[:]) if load else listing
 
 
-def with_predictions(entries: list[dict]) -> list[dict]:
-    """Set each entry's "prediction" (pipeline, experiment and slide runs loaded, in a bounded
-    number of queries); an entry whose prediction has gone since is left out."""
-    found = {p.pk: p for p in Prediction.objects.filter(pk__in=[e["pk"] for e in entries])
-             .select_related("pipeline", "experiment")
-             # Slides too: the dashboard draws a bar per slide. Only the progress columns: a run's
-             # plan lists every tile of its slide (megabytes of JSON on a large slide), far too
-             # much to decode on every refresh of the dashboard.
-             .prefetch_related(Prefetch("runs", queryset=SlideRun.objects.select_related("slide").order_by("pk").only(
-                 "prediction_id", "status", "done_units", "total_units", "slide__original_name")))}
+def with_predictions(entries: list[dict], related=("pipeline", "experiment"), runs: bool = False,
+                     only: tuple[str, ...] = ()) -> list[dict]:
+    """Set each entry's "prediction" (with the `related` rows), in a bounded number of queries;
+    an entry whose prediction has gone since is left out. only: the columns read, when a page
+    shows only these (a pipeline row carries its steps and parameters as JSON).
+
+    runs: the running ones' slide runs too (the dashboard draws a bar per slide of what runs; the
+    queued rows show none). Only the progress columns: a run's plan lists every tile of its slide
+    (megabytes of JSON on a large slide), far too much to decode on every refresh.
+    """
+    predictions = Prediction.objects.filter(pk__in=[e["pk"] for e in entries]).select_related(*related)
+    if only:
+        predictions = predictions.only(*only)
+    if runs:
+        running = [e["pk"] for e in entries if e["status"] == Status.RUNNING]
+        predictions = predictions.prefetch_related(Prefetch("runs", queryset=SlideRun.objects.filter(
+            prediction__in=running).select_related("slide").order_by("pk").only(
+            "prediction_id", "status", "done_units", "total_units", "slide__original_name")))
+    found = {p.pk: p for p in predictions}
     for entry in entries:
         entry["prediction"] = found.get(entry["pk"])
     return [e for e in entries if e["prediction"] is not None]
@@ -364,7 +438,9 @@ def with_predictions(entries: list[dict]) -> list[dict]:
 
 def entry(prediction_id: int) -> dict | None:
     """The queue entry of one prediction (position, ETA...), None once it has ended."""
-    return _recent_plan().entry(prediction_id)
+    planner = _recent_plan()
+    with planner.lock:
+        return planner.entry(prediction_id)
 
 
 def eta_seconds(prediction: Prediction) -> int | None:

@@ -39,22 +39,23 @@ def dashboard_live(request):
 
 
 QUEUE_SHOWN = 25
+# What the dashboard shows of a running or queued prediction (templates/predictions/_dashboard.html).
+DASHBOARD_COLUMNS = ("priority", "status", "done_units", "total_units", "experiment__name", "pipeline__name",
+                     "pipeline__title")
 
 
 def _dashboard_context(request):
     from . import monitoring
 
-    entries = queueing.waiting(request.user, load=False, recent=True)
-    running = [e for e in entries if e["status"] == Status.RUNNING]
-    queued = [e for e in entries if e["status"] == Status.QUEUED]
-    shown = queueing.with_predictions(running + queued[:QUEUE_SHOWN])
+    entries = queueing.waiting(request.user, load=False, recent=True)   # built as they are read
+    shown = queueing.with_predictions(entries[:entries.running + QUEUE_SHOWN], runs=True, only=DASHBOARD_COLUMNS)
     queued_shown = [e for e in shown if e["status"] == Status.QUEUED]
     running = [e for e in shown if e["status"] == Status.RUNNING]
     recent = list(Prediction.objects.for_user(request.user)
                   .filter(status__in=[Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED])
                   .select_related("experiment", "pipeline", "triggered_by").ended_latest()[:10])
     # The next ones to run; the whole queue is on the history page (status: queued) and the API.
-    return {"running": running, "queued": queued_shown, "queued_more": max(0, len(queued) - QUEUE_SHOWN),
+    return {"running": running, "queued": queued_shown, "queued_more": max(0, len(entries) - entries.running - QUEUE_SHOWN),
             "recent": recent, "workers": monitoring.workers(wait=False), "depths": monitoring.queue_depths()}
 
 

@@ -395,6 +395,30 @@ def test_queue_order_positions_and_eta(api_setup, pipeline_rows, alice, bob, lab
     assert detail["queue_position"] == 3 and detail["eta_seconds"] == etas[2]
 
 
+def test_the_queue_reads_a_page_in_the_same_queries_however_many_people_submitted(api_setup, pipeline_rows,
+                                                                                   alice):
+    """Each entry shows who submitted it and with which model: read with the page, not one
+    query per entry."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import MemberFactory
+
+    experiment, slide = api_setup["experiment"], api_setup["slide"]
+
+    def page_queries(submitters):
+        for user in submitters:
+            make_prediction(experiment, pipeline_rows["ihc-dab"], slide, Status.QUEUED, user=user)
+        api_setup["client"].get(f"{API}/queue/")   # the plan placed, the rates measured
+        with CaptureQueriesContext(connection) as captured:
+            body = api_setup["client"].get(f"{API}/queue/").json()
+        assert {e["prediction"]["triggered_by"] for e in body["results"]} >= {u.username for u in submitters}
+        return len(captured)
+
+    one = page_queries([alice])
+    assert page_queries([MemberFactory(lab=experiment.lab) for _ in range(5)]) == one
+
+
 def test_throughput_is_measured_from_earlier_batches(api_setup, pipeline_rows):
     from django.core.cache import cache
 
