@@ -238,6 +238,14 @@ class Stack:
 
         return Experiment.objects.create(name=name, lab=lab, created_by=user)
 
+    def two_labs(self):
+        """The benchmark's user with an experiment in their lab, and another lab's experiment:
+        (user, [theirs, the other lab's], {experiment id: its ready copy of the CMU slide})."""
+        user, lab = self.lab_user()
+        other, other_lab = self.lab_user("other", "Other lab")
+        experiments = [self.experiment(lab, user), self.experiment(other_lab, other, "Other")]
+        return user, experiments, {e.pk: self.add_slide(e, CMU_SLIDE) for e in experiments}
+
     def add_slide(self, experiment, path: Path, name: str | None = None):
         """A ready slide, checked by the upload's own validation code; the file is linked, not copied."""
         from experiments.models import Slide
@@ -415,6 +423,20 @@ def batch_phases(prediction_id: int) -> dict:
         out["workers"] = sorted({b["worker"] for b in batches})
     out["created_to_finished_s"] = round((p.finished_at - p.created_at).total_seconds(), 3)
     return out
+
+
+def add_profile_option(parser, what: str) -> None:
+    parser.add_argument("--profile", action="store_true",
+                        help=f"cProfile {what}: the top PROFILE_TOP (30) by PROFILE_SORT (cumulative), of the "
+                             "functions matching the regular expression PROFILE_FILTER")
+
+
+def print_profile(profiler) -> None:
+    """What --profile prints (add_profile_option)."""
+    import pstats
+
+    stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
+    stats.print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
 
 
 def dump(path: Path | None, report: dict) -> None:

@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import pstats
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchstack import Stack, command_line, machine, percentile, print_header, top_up  # noqa: E402
-
-CMU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides" / "cmu-1-small-region.svs"
-
+from benchstack import (Stack, add_profile_option, command_line, machine, percentile,  # noqa: E402
+                        print_header, print_profile, top_up)
 
 def start_running(experiments, pipeline, slides) -> list[int]:
     """One running prediction per experiment, its slide run prepared and half done."""
@@ -56,9 +52,7 @@ def main() -> None:
     parser.add_argument("--queued", type=int, nargs="+", default=[0, 1000, 10000])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile each page at each size: the top PROFILE_TOP (25) by PROFILE_SORT "
-                             "(cumulative), of the functions matching the regular expression PROFILE_FILTER")
+    add_profile_option(parser, "each page at each size")
     args = parser.parse_args()
 
     stack = Stack("pages", args.stack, keep=args.keep)
@@ -71,10 +65,7 @@ def main() -> None:
         from benchstack import pipeline_row
         from predictions import queueing
 
-        user, lab = stack.lab_user()
-        other, other_lab = stack.lab_user("other", "Other lab")
-        experiments = [stack.experiment(lab, user), stack.experiment(other_lab, other, "Other")]
-        slides = {e.pk: stack.add_slide(e, CMU) for e in experiments}
+        user, experiments, slides = stack.two_labs()
         pipeline = pipeline_row("ihc-dab")
         running = start_running(experiments, pipeline, slides)
         client = Client()
@@ -119,8 +110,7 @@ def main() -> None:
                 print(f"{size:>8}  {name:<26} {row['p50_ms']:>8} {row['p90_ms']:>8} {row['p99_ms']:>8} "
                       f"{str(row['queries']):>8}")
                 if profiler:
-                    stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
-                    stats.print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "25")))
+                    print_profile(profiler)
     finally:
         stack.close()
 

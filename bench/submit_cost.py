@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import pstats
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchstack import Stack, analyze, command_line, machine, percentile, print_header, top_up  # noqa: E402
+from benchstack import (Stack, add_profile_option, analyze, command_line, machine, percentile,  # noqa: E402
+                        print_header, print_profile, top_up)
 
 
 BATCHES_PER_RUN = 10
@@ -79,9 +78,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--history", type=int, default=0, help="finished predictions added first (default 0)")
     parser.add_argument("--show-queries", action="store_true", help="print the SQL of the last submit of each size")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile the timed submits of each size: the top PROFILE_TOP (30) by PROFILE_SORT "
-                             "(cumulative), of the functions matching the regular expression PROFILE_FILTER")
+    add_profile_option(parser, "the timed submits of each size")
     args = parser.parse_args()
 
     stack = Stack("submit", args.stack, keep=args.keep)
@@ -95,13 +92,8 @@ def main() -> None:
         from benchstack import pipeline_row
         from predictions import queueing
 
-        user, lab = stack.lab_user()
-        other, other_lab = stack.lab_user("other", "Other lab")
-        experiment = stack.experiment(lab, user)
-        experiments = [experiment, stack.experiment(other_lab, other, "Other")]
-        slide = stack.add_slide(experiment, Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides"
-                                / "cmu-1-small-region.svs")
-        slides = {experiment.pk: slide, experiments[1].pk: stack.add_slide(experiments[1], Path(slide.file.path))}
+        user, experiments, slides = stack.two_labs()
+        experiment, slide = experiments[0], slides[experiments[0].pk]
         pipeline = pipeline_row("ihc-dab")
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
@@ -144,8 +136,7 @@ def main() -> None:
                 for number, query in enumerate(captured.captured_queries, 1):
                     print(f"  {number:>2}. {query['time']:>6}s  {query['sql'][:160]}")
             if profiler:
-                stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
-                stats.print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
+                print_profile(profiler)
             plan = {e["pk"]: e for e in queueing.waiting(load=False)}
             right = sum(1 for a in answers[-5:] if plan.get(a["id"], {}).get("position") == a["queue_position"])
             row = {"queued": size, "p50_ms": round(percentile(times, 50), 1), "p90_ms": round(percentile(times, 90), 1),
