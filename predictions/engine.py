@@ -515,8 +515,6 @@ class CancelError(ValueError):
 
 def cancel(prediction: Prediction, user=None) -> None:
     """Stop a prediction: queued messages are revoked, running batches stop at the next boundary."""
-    from django_celery_results.models import TaskResult
-
     now = timezone.now()
     updated = Prediction.objects.filter(pk=prediction.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
         status=Status.CANCELLED, cancelled_at=now, cancelled_by=user, finished_at=now)
@@ -524,8 +522,7 @@ def cancel(prediction: Prediction, user=None) -> None:
         prediction.refresh_from_db()
         raise CancelError(f"This prediction has already ended ({prediction.get_status_display().lower()}).")
     prediction.runs.filter(status__in=[Status.QUEUED, Status.RUNNING]).update(status=Status.CANCELLED, finished_at=now)
-    pending = list(TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-", status="PENDING")
-                   .values_list("task_id", flat=True))
+    pending = list(task_records.task_rows_of(prediction).filter(status="PENDING").values_list("task_id", flat=True))
     if pending:
         try:
             current_app.control.revoke(pending)

@@ -248,6 +248,19 @@ class _Planner:
                               "queue": queue, "lab": e.lab, "estimated_without_history": rate.no_history,
                               "throughput": rate, "own": own, "pipeline_id": pipeline_id}
 
+    def remove(self, pk) -> None:
+        """Take a prediction out (it ended, or it is placed again as started): the ends behind it
+        on its queue come sooner by its own time."""
+        found = self.entries.pop(pk)
+        key, keys, etas = found["key"], self.queue_keys[found["queue"]], self.queue_etas[found["queue"]]
+        i = bisect.bisect_left(keys, key)
+        del keys[i], etas[i]
+        for j in range(i, len(etas)):
+            etas[j] -= found["own"]
+        for ordered in (self.keys, self.lab_keys[found["lab"]],
+                        *([self.waiting_keys] if found["status"] == Status.QUEUED else [])):
+            del ordered[bisect.bisect_left(ordered, key)]
+
     def remeasure(self, pk, runs) -> None:
         """A planned prediction's remaining work measured again from its runs' progress: its end,
         and every end behind it on its queue, move by the difference."""
@@ -291,10 +304,15 @@ class Listing(Sequence):
         return len(self.keys)
 
     def __getitem__(self, index):
+        # An entry whose prediction has ended since this listing was taken reads as None (a
+        # slice leaves it out).
         with self.planner.lock:
             if isinstance(index, slice):
-                return [self.planner.entry(key[-1]) for key in self.keys[index]]
+                return [e for e in (self.planner.entry(key[-1]) for key in self.keys[index]) if e is not None]
             return self.planner.entry(self.keys[index][-1])
+
+    def __iter__(self):
+        return iter(self[:])
 
 
 def _plan() -> _Planner:
@@ -310,13 +328,14 @@ def _plan() -> _Planner:
 
 # One prediction's place (its 202 answer, its page, its API detail) comes from a plan kept per
 # process: what it says of order and positions is always current (the queue's counts and newest
-# prediction are checked on every use, and predictions submitted since are placed into it), while
-# its ETAs may be a few seconds behind the work done: every PLAN_SECONDS the running predictions'
-# progress is read again and the ends behind them move with it (a few rows, whatever the queue's
-# length). So a submit, a dashboard refresh and the API's queue cost the same with 10 or 10,000
-# predictions waiting (bench/submit_cost.py, bench/page_cost.py). The queue is planned in full
-# (320 ms with 10,000 waiting) only when a prediction has started or ended, and every
-# FULL_PLAN_SECONDS, which brings in the pipelines' newly measured speeds and the workers' count.
+# prediction are checked on every use; predictions submitted, started or ended since are placed,
+# moved or taken out: _catch_up), while its ETAs may be a few seconds behind the work done: every
+# PLAN_SECONDS the running predictions' progress is read again and the ends behind them move
+# with it. Each of these reads a few rows, whatever the queue's length, so a submit, a dashboard
+# refresh and the API's queue cost the same with 10 or 10,000 predictions waiting
+# (bench/submit_cost.py, bench/page_cost.py). The queue is planned in full (320 ms with 10,000
+# waiting) every FULL_PLAN_SECONDS, which brings in the pipelines' newly measured speeds and the
+# workers' count, and when a waiting prediction was cancelled.
 PLAN_SECONDS = 5.0
 FULL_PLAN_SECONDS = 60.0
 _recent: dict = {}
@@ -336,7 +355,7 @@ def _recent_plan() -> _Planner:
         made_at, measured_at, known, planner = _recent.get("plan", (0.0, 0.0, None, None))
         now = time.monotonic()
         if (planner is not None and now - made_at < FULL_PLAN_SECONDS
-                and (known == version or _place_new(planner, known, version))):
+                and (known == version or _catch_up(planner, known, version))):
             if now - measured_at >= PLAN_SECONDS:
                 _remeasure_running(planner)
                 measured_at = now
@@ -357,19 +376,34 @@ def _remeasure_running(planner: _Planner) -> None:
                 planner.remeasure(pk, progress)
 
 
-def _place_new(planner: _Planner, known: tuple, version: tuple) -> bool:
-    """Place the predictions submitted since `known` into the plan; False when anything else
-    changed too (one started or ended): then the queue is planned again."""
+def _catch_up(planner: _Planner, known: tuple, version: tuple) -> bool:
+    """Bring the plan to the queue as it is now without planning it again: the predictions
+    submitted since are placed into it, those that started are moved ahead of the waiting ones,
+    those that ended are taken out. Reads the new and the running predictions only (a few rows,
+    whatever the queue's length). False when that does not account for the queue's counts (a
+    waiting prediction was cancelled): then the queue is planned again."""
     queued, running, newest = version
-    if running != known[1] or newest <= known[2]:
-        return False
-    entries, runs = _new_since(known[2])
-    if len(entries) != queued - known[0] or any(e.started for e, _ in entries):
-        return False
+    new, new_runs = _new_since(known[2]) if newest > known[2] else ([], {})
+    if running == known[1] and len(new) == queued - known[0] and not any(e.started for e, _ in new):
+        with planner.lock:   # only submits since: the usual case
+            for e, pipeline_id in new:
+                planner.add(e, pipeline_id, new_runs[e.pk])
+        return True
+    now_running = {e.pk: (e, pipeline_id) for e, pipeline_id in
+                   dispatch.entries_of(Prediction.objects.filter(status=Status.RUNNING))}
+    runs = _runs_of(Prediction.objects.filter(status=Status.RUNNING))
     with planner.lock:
-        for e, pipeline_id in entries:
-            planner.add(e, pipeline_id, runs[e.pk])
-    return True
+        for pk, found in list(planner.entries.items()):
+            if found["status"] == Status.RUNNING and pk not in now_running:
+                planner.remove(pk)                                   # ended
+            elif found["status"] == Status.QUEUED and pk in now_running:
+                planner.remove(pk)                                   # started: its place in run order changes
+                planner.add(*now_running[pk], runs.get(pk, ()))
+        for e, pipeline_id in new:
+            if e.pk not in planner.entries:
+                planner.add(e, pipeline_id, new_runs[e.pk])
+        waiting = len(planner.waiting_keys)
+        return (waiting, len(planner.entries) - waiting) == (queued, running)
 
 
 def _new_since(newest: int) -> tuple[list, dict[int, list]]:

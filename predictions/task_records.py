@@ -87,6 +87,13 @@ class PredictionTasks:
         return sum(self.counts.values())
 
 
+def task_rows_of(prediction):
+    """The task rows of one prediction, by their ids' prefix (see prediction_tasks)."""
+    from django_celery_results.models import TaskResult
+
+    return TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-").order_by()   # not by date_done
+
+
 def prediction_tasks(prediction, limit: int = TASKS_SHOWN) -> PredictionTasks:
     """The Celery tasks of one prediction as django-celery-results recorded them.
 
@@ -99,9 +106,8 @@ def prediction_tasks(prediction, limit: int = TASKS_SHOWN) -> PredictionTasks:
     repr meant for people. A row expired by TASK_RESULT_EXPIRE_DAYS is simply no longer listed.
     """
     from django.db.models import Count
-    from django_celery_results.models import TaskResult
 
-    rows = TaskResult.objects.filter(task_id__startswith=f"p{prediction.pk}-")
+    rows = task_rows_of(prediction)
     counts = dict(rows.values_list("status").annotate(n=Count("id")).order_by("status"))
     columns = ["task_id", "task_name", "status", "worker", "date_created", "date_started", "date_done",
                "traceback"]

@@ -168,10 +168,14 @@ def session_dir(tmp_path_factory, name):
 
 @pytest.fixture(autouse=True)
 def fresh_queue_plan():
-    """Each test starts without the queue plan an earlier one left in this process (queueing.py)."""
+    """Each test starts without the queue plan and the pipelines' measured speeds an earlier one
+    left in this process (queueing.py; the speeds are cached for 30 s)."""
+    from django.core.cache import cache
+
     from predictions import queueing
 
     queueing.forget_recent_plan()
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)

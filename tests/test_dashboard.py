@@ -151,6 +151,45 @@ def test_the_running_predictions_progress_moves_the_etas_without_planning_the_qu
     assert after == {pk: fresh[pk] for pk in after}
 
 
+def test_predictions_starting_and_ending_move_the_plan_without_planning_the_queue_again(
+        pipelines, ready_slides, django_capture_on_commit_callbacks, monkeypatch):
+    """A prediction that starts goes ahead of the waiting ones, one that ends leaves the plan:
+    each refresh reads the running and the new predictions only, and says what a plan made
+    afresh says. A waiting prediction cancelled is the one change that needs a full plan."""
+    full_plans = []
+    plan = queueing._plan
+    monkeypatch.setattr(queueing, "_plan", lambda: full_plans.append(1) or plan())
+
+    def shown():
+        """(what the recent plan shows, what a plan made now shows, whether a full plan was made)."""
+        before = len(full_plans)
+        recent = [(e["pk"], e["position"], e["eta_seconds"]) for e in queueing.waiting(load=False, recent=True)]
+        planned = len(full_plans) > before
+        fresh = [(e["pk"], e["position"], e["eta_seconds"]) for e in queueing.waiting(load=False)]
+        return recent, fresh, planned
+
+    first, second, third = [queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+                            for _ in range(3)]
+    assert shown()[2]   # the first plan
+    Prediction.objects.filter(pk=first.pk).update(status=Status.RUNNING, started_at=timezone.now())
+    first.runs.update(status=Status.RUNNING, total_units=402, done_units=101, batch_count=8)
+    recent, fresh, planned = shown()
+    assert recent == fresh and not planned
+    assert [(pk, position) for pk, position, _ in recent] == [(first.pk, 0), (second.pk, 1), (third.pk, 2)]
+
+    Prediction.objects.filter(pk=first.pk).update(status=Status.SUCCEEDED, finished_at=timezone.now())
+    first.runs.update(status=Status.SUCCEEDED)
+    fourth = queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+    recent, fresh, planned = shown()
+    assert recent == fresh and not planned
+    assert [pk for pk, _, _ in recent] == [second.pk, third.pk, fourth.pk]
+
+    Prediction.objects.filter(pk=third.pk).update(status=Status.CANCELLED, finished_at=timezone.now())
+    recent, fresh, planned = shown()
+    assert recent == fresh and planned
+    assert [(pk, position) for pk, position, _ in recent] == [(second.pk, 1), (fourth.pk, 2)]
+
+
 def test_another_lab_sees_none_of_it(bob_client, pipelines, ready_slides, no_broker_calls,
                                      django_capture_on_commit_callbacks):
     p = queue(pipelines, ready_slides, "urgent", django_capture_on_commit_callbacks)

@@ -52,11 +52,34 @@ def test_a_submits_turn_is_read_from_two_index_ends(pipeline_rows, experiment):
     history(experiment, pipeline_rows["ihc-dab"], 300)
     turn, plans = plans_of(lambda: dispatch.new_turn(experiment.lab_id))
     assert turn == 301
-    plans = list(plans.values())
-    assert len(plans) == 2
-    assert "prediction_served_turn_idx" in plans[0] and "Seq Scan" not in plans[0], plans[0]
-    # One index probe per experiment of the lab (the lab's few experiments are then sorted).
-    assert "prediction_experiment_turn_idx" in plans[1] and "Sort Key: u0.turn" not in plans[1], plans[1]
+    [plan] = plans.values()   # one query
+    # The highest turn served from its index's end, and one index probe per experiment of the
+    # lab (the lab's few experiments are then sorted).
+    assert "prediction_served_turn_idx" in plan and "prediction_experiment_turn_idx" in plan, plan
+    assert "Seq Scan on predictions_prediction" not in plan and "Sort Key: u0.turn" not in plan, plan
+
+
+def test_a_predictions_task_rows_are_found_by_their_prefix_whatever_the_databases_collation(pipeline_rows,
+                                                                                        experiment):
+    """A prediction's task rows (its page, cancel) are found by their ids' prefix, LIKE 'p42-%'."""
+    from django_celery_results.models import TaskResult
+
+    from predictions.task_records import task_rows_of
+
+    prediction = history(experiment, pipeline_rows["ihc-dab"], 1)[0]
+    TaskResult.objects.bulk_create([TaskResult(task_id=f"p{prediction.pk + i}-r{i}-b{b}", status="SUCCESS")
+                                    for i in range(50) for b in range(20)])
+    with connection.cursor() as cursor:
+        # As in a database created with en_US.utf8 (the postgres image's default), where a plain
+        # index on the id does not serve LIKE 'p42-%'.
+        cursor.execute('ALTER TABLE django_celery_results_taskresult ALTER COLUMN task_id TYPE varchar(255) '
+                       'COLLATE "en-US-x-icu"')
+    ids, plans = plans_of(lambda: list(task_rows_of(prediction).values_list("task_id", flat=True)))
+    assert len(ids) == 20 and all(i.startswith(f"p{prediction.pk}-") for i in ids)
+    # Django gives the unique task_id a second index with varchar_pattern_ops on PostgreSQL
+    # (..._like), which serves the prefix as a range whatever the collation.
+    [plan] = plans.values()
+    assert "Seq Scan" not in plan and "_like" in plan and "~>=~" in plan, plan
 
 
 def test_a_pipelines_rate_is_measured_from_its_newest_batches_and_runs(pipeline_rows, experiment):
