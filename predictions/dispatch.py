@@ -226,11 +226,18 @@ def next_steps(prediction_id: int, queue: str, limit: int) -> tuple[list[Step], 
 
 
 # -- sending ---------------------------------------------------------------------------------
-def dispatch(queue: str, *, quick: bool = False) -> int:
+def dispatch(queue: str, *, quick: bool = False, if_room: bool = False) -> int:
     """Fill `queue`'s window in run order; returns how many steps were sent (after commit).
 
     quick: called from a web request; a broker that is away is given up on within seconds.
+    if_room: a submit's start message. The window is first counted without the lock and, when it
+    is full, nothing more is done: a backlog of start messages (many submits while the workers
+    are busy) would otherwise take the lock one after the other for nothing, since the next step
+    to end dispatches anyway. With room, it is counted again under the lock, which is what makes
+    the count right.
     """
+    if if_room and window(queue) - in_flight(queue) <= 0:
+        return 0
     with transaction.atomic():
         # The lock: one dispatcher per queue at a time (a row UPDATE locks on every database).
         if not DispatchLock.objects.filter(queue=queue).update(at=timezone.now()):
@@ -252,11 +259,11 @@ def dispatch(queue: str, *, quick: bool = False) -> int:
     return len(chosen)
 
 
-def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False) -> None:
+def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False, if_room: bool = False) -> None:
     """Fill the windows of these queues (all by default)."""
     for queue in queues:
         try:
-            dispatch(queue, quick=quick)
+            dispatch(queue, quick=quick, if_room=if_room)
         except Exception:  # noqa: BLE001
             # The caller's own work is done and committed (a submit, a finished step): never
             # fail it for this. The next step's end, or the periodic dispatch, tries again.

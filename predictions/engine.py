@@ -225,8 +225,11 @@ def batch_task_id(run: SlideRun, index: int) -> str:
 # -- start and advance --------------------------------------------------------------------------
 def start(prediction_id: int) -> None:
     """The submit's message: the dispatcher starts the prediction when its turn comes (at once
-    when the workers have room), in the order the queue shows."""
-    dispatch.dispatch_all()
+    when the workers have room), in the order the queue shows. Only its pipeline's queue can
+    have room for it, and with none the next step to end dispatches."""
+    prediction = Prediction.objects.filter(pk=prediction_id).select_related("pipeline").first()
+    queues = [prediction.pipeline.batch_queue or dispatch.CPU] if prediction is not None else dispatch.QUEUE_NAMES
+    dispatch.dispatch_all(queues, if_room=True)
 
 
 def advance(prediction_id: int) -> None:

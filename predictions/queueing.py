@@ -248,6 +248,10 @@ class _Planner:
                               "queue": queue, "lab": e.lab, "estimated_without_history": rate.no_history,
                               "throughput": rate, "own": own, "pipeline_id": pipeline_id}
 
+    def counts(self) -> tuple[int, int]:
+        """(queued, running) as planned."""
+        return len(self.waiting_keys), len(self.entries) - len(self.waiting_keys)
+
     def remove(self, pk) -> None:
         """Take a prediction out (it ended, or it is placed again as started): the ends behind it
         on its queue come sooner by its own time."""
@@ -376,19 +380,30 @@ def _remeasure_running(planner: _Planner) -> None:
                 planner.remeasure(pk, progress)
 
 
+# How far below the newest prediction a plan saw to look for submits committed after it (a pk is
+# taken at insert, the row seen at commit): more than the web threads that submit at once.
+LATE_COMMITS = 64
+
+
 def _catch_up(planner: _Planner, known: tuple, version: tuple) -> bool:
     """Bring the plan to the queue as it is now without planning it again: the predictions
     submitted since are placed into it, those that started are moved ahead of the waiting ones,
-    those that ended are taken out. Reads the new and the running predictions only (a few rows,
-    whatever the queue's length). False when that does not account for the queue's counts (a
-    waiting prediction was cancelled): then the queue is planned again."""
+    those that ended are taken out. Reads the new predictions, and the running ones when the
+    counts say that some started or ended (a few rows, whatever the queue's length). False when
+    that does not account for the queue's counts (a waiting prediction was cancelled): then the
+    queue is planned again."""
     queued, running, newest = version
-    new, new_runs = _new_since(known[2]) if newest > known[2] else ([], {})
-    if running == known[1] and len(new) == queued - known[0] and not any(e.started for e, _ in new):
-        with planner.lock:   # only submits since: the usual case
-            for e, pipeline_id in new:
+    # Up to the newest the counts saw: more may have been committed since, by other requests.
+    new, new_runs = _new_since(known[2], newest) if newest > known[2] else ([], {})
+    if len(new) < queued - known[0]:   # one committed after a later one: look just below too
+        late, late_runs = _new_since(max(0, known[2] - LATE_COMMITS), known[2])
+        new, new_runs = late + new, {**late_runs, **new_runs}
+    with planner.lock:
+        for e, pipeline_id in new:
+            if e.pk not in planner.entries:
                 planner.add(e, pipeline_id, new_runs[e.pk])
-        return True
+        if planner.counts() == (queued, running):   # only submits since: the usual case
+            return True
     now_running = {e.pk: (e, pipeline_id) for e, pipeline_id in
                    dispatch.entries_of(Prediction.objects.filter(status=Status.RUNNING))}
     runs = _runs_of(Prediction.objects.filter(status=Status.RUNNING))
@@ -399,20 +414,17 @@ def _catch_up(planner: _Planner, known: tuple, version: tuple) -> bool:
             elif found["status"] == Status.QUEUED and pk in now_running:
                 planner.remove(pk)                                   # started: its place in run order changes
                 planner.add(*now_running[pk], runs.get(pk, ()))
-        for e, pipeline_id in new:
-            if e.pk not in planner.entries:
-                planner.add(e, pipeline_id, new_runs[e.pk])
-        waiting = len(planner.waiting_keys)
-        return (waiting, len(planner.entries) - waiting) == (queued, running)
+        return planner.counts() == (queued, running)
 
 
-def _new_since(newest: int) -> tuple[list, dict[int, list]]:
-    """The active predictions after prediction `newest` as (Entry, pipeline id), in pk order,
-    and their runs' progress by prediction: one query, through their slide runs (every
-    prediction has at least one)."""
+def _new_since(after: int, upto: int) -> tuple[list, dict[int, list]]:
+    """The active predictions after prediction `after` up to `upto` as (Entry, pipeline id), in
+    pk order, and their runs' progress by prediction: one query, through their slide runs
+    (every prediction has at least one)."""
     entries, runs = {}, defaultdict(list)
     fields = [f"prediction__{name}" for name in dispatch.ENTRY_FIELDS]
-    for row in (SlideRun.objects.filter(prediction__pk__gt=newest, prediction__status__in=ACTIVE)
+    for row in (SlideRun.objects.filter(prediction__pk__gt=after, prediction__pk__lte=upto,
+                                        prediction__status__in=ACTIVE)
                 .order_by("prediction_id", "pk")
                 .values_list(*fields, "status", "total_units", "done_units", "slide__width", "slide__height")):
         head, (status, total, done, width, height) = row[:len(fields)], row[len(fields):]

@@ -190,6 +190,24 @@ def test_predictions_starting_and_ending_move_the_plan_without_planning_the_queu
     assert [(pk, position) for pk, position, _ in recent] == [(second.pk, 1), (fourth.pk, 2)]
 
 
+def test_a_submit_committed_after_a_later_one_is_placed_without_planning_the_queue_again(
+        pipelines, ready_slides, django_capture_on_commit_callbacks, monkeypatch):
+    """Ids are taken at insert and rows seen at commit: with many people submitting, the plan
+    sees a prediction whose id is below the newest it knows."""
+    full_plans = []
+    plan = queueing._plan
+    monkeypatch.setattr(queueing, "_plan", lambda: full_plans.append(1) or plan())
+    late, later = [queue(pipelines, ready_slides[:1], "normal", django_capture_on_commit_callbacks)
+                   for _ in range(2)]
+    Prediction.objects.filter(pk=late.pk).update(status="committing")   # not seen yet
+    assert [e["pk"] for e in queueing.waiting(load=False, recent=True)] == [later.pk]
+    Prediction.objects.filter(pk=late.pk).update(status=Status.QUEUED)    # its commit, seen now
+    recent = [(e["pk"], e["position"], e["eta_seconds"]) for e in queueing.waiting(load=False, recent=True)]
+    assert len(full_plans) == 1
+    assert recent == [(e["pk"], e["position"], e["eta_seconds"]) for e in queueing.waiting(load=False)]
+    assert [pk for pk, _, _ in recent] == [late.pk, later.pk]
+
+
 def test_another_lab_sees_none_of_it(bob_client, pipelines, ready_slides, no_broker_calls,
                                      django_capture_on_commit_callbacks):
     p = queue(pipelines, ready_slides, "urgent", django_capture_on_commit_callbacks)
