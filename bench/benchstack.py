@@ -303,6 +303,11 @@ class Stack:
                     if line.startswith("ENV GUNICORN_CMD_ARGS="))
         args = line.split("=", 1)[1].strip('"')
         args = args.replace("--bind=0.0.0.0:8000", f"--bind=127.0.0.1:{port}")
+        if os.environ.get("BENCH_ACCESS_LOG_DIR"):
+            # Each request's time inside gunicorn (%(D)s, µs): what a client's latency adds to it
+            # is the wait for a free thread.
+            log = Path(os.environ["BENCH_ACCESS_LOG_DIR"]) / f"access-{port}.log"
+            args += f' --access-logfile {log} --access-logformat "%(t)s %(p)s %(m)s %(U)s %(s)s %(D)s"'
         env = self.env(debug=False)
         env.update(GUNICORN_CMD_ARGS=args, WEB_CONCURRENCY=str(workers))
         gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
