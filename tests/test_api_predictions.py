@@ -6,14 +6,13 @@ import time
 from datetime import timedelta
 
 import pytest
-
-from predictions.pipelines.ihc_dab import IhcDab
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from experiments.models import Experiment, Slide
 from predictions import engine, queueing
 from predictions.models import BatchResult, Prediction, SlideRun, Status
+from predictions.pipelines.ihc_dab import IhcDab
 from tests.conftest import CMU_SLIDE, token_client, wait_final, wait_for
 
 API = "/api/v1"
