@@ -67,6 +67,9 @@ def test_predictions_submitted_back_to_back_end_in_submit_order(workers, pipelin
 def test_urgent_overtakes_waiting_work_but_not_started_work(workers, pipelines, make_slide, alice):
     slide = make_slide(CMU_SLIDE)
     normal = [submit(slide, pipelines["ihc-dab"], alice) for _ in range(3)]
+    # Started once a worker has taken its start message (at once with RabbitMQ, within a poll
+    # of the filesystem broker).
+    wait_for(lambda: Prediction.objects.get(pk=normal[0].pk).status == Status.RUNNING, message="the first one started")
     slide.experiment.lab.managers.add(alice)   # urgent is a lab manager's call
     urgent = submit(slide, pipelines["ihc-dab"], alice, priority=Prediction.Priority.URGENT)
     shown = shown_order(*normal, urgent)
