@@ -95,6 +95,7 @@ def main(argv=None) -> int:
         users, experiments = {}, {}
         for key in ("A", "B"):
             user, lab = stack.lab_user(username=f"bench-{key}", lab_name=f"Lab {key}")
+            lab.managers.add(user)   # the mix has an urgent prediction: a lab manager's call
             users[key] = user
             for names in sets:
                 experiment = stack.experiment(lab, user, f"{key} {'+'.join(names)}")
