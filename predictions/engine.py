@@ -132,9 +132,13 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
                      declared_stain=stains[s.pk]) for s in slides
         ])
-        # The web process does not dispatch: the start message wakes the dispatcher on a worker,
-        # which starts the prediction at once when there is room, else when its turn comes. So a
-        # submit costs its own rows and one message, however busy the queue (bench/submit_cost.py).
+        # Started in this request when its queue's window has room, so nothing submitted a moment
+        # later can overtake a prediction that found the workers idle (its ETA said "now"). When
+        # the window is full this costs two counts, not the lock: the start message then wakes the
+        # dispatcher on a worker, and the next step to end dispatches anyway. on_commit keeps the
+        # order: this dispatch, then the start message.
+        queue = pipeline_row.batch_queue or dispatch.CPU
+        transaction.on_commit(lambda: dispatch.dispatch_all([queue], quick=True, if_room=True))
         send_start(prediction)
     return prediction
 

@@ -167,9 +167,10 @@ def test_submit_answers_202_and_sends_its_start_after_commit(api_setup, django_c
     assert prediction.status == Status.QUEUED and prediction.priority == "urgent"
     assert [r.slide_id for r in prediction.runs.all()] == [api_setup["slide"].pk]
     assert body["queue_position"] == 1 and body["eta_seconds"] > 0
-    # Once the rows are committed: the start message only (the worker that takes it dispatches).
-    # Its task row, "queued", was written with the prediction's rows.
-    assert len(callbacks) == 1
+    # Once the rows are committed: the dispatcher's call (it starts the prediction at once when
+    # the workers have room), then the start message. Its task row, "queued", was written with
+    # the prediction's rows.
+    assert len(callbacks) == 2
     start = TaskResult.objects.get(task_id=f"p{prediction.pk}-start")
     assert (start.status, start.task_name, start.task_args) == ("PENDING", "predictions.cpu.start_prediction",
                                                                 f"[{prediction.pk}]")
@@ -228,11 +229,10 @@ def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch
 
     from histoia.celery import app
 
-    rows_at_send = []
+    rows_at_send = {}
 
     def broker_down(name, *args, task_id=None, **kwargs):
-        # The task row was written with the prediction's rows; then the connection fails.
-        rows_at_send.append(TaskResult.objects.filter(task_id=task_id, status="PENDING").count())
+        rows_at_send[name] = TaskResult.objects.filter(task_id=task_id, status="PENDING").count()
         raise OperationalError("[Errno 111] Connection refused")
 
     monkeypatch.setattr(app, "send_task", broker_down)
@@ -240,7 +240,10 @@ def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch
         response = submit(api_setup["client"], experiment=api_setup["experiment"].pk, pipeline="tissue-area")
     assert response.status_code == 202
     prediction = Prediction.objects.get(pk=response.json()["id"])
-    assert prediction.status == Status.QUEUED and rows_at_send == [1]
+    # The submit's dispatch tried the slide's prepare first, then the start message, whose task
+    # row had been written with the prediction's rows. The unsent prepare was taken back.
+    assert rows_at_send == {"predictions.cpu.prepare_slide": 0, "predictions.cpu.start_prediction": 1}
+    assert prediction.status == Status.QUEUED and prediction.runs.get().status == Status.QUEUED
     # No task row is left pretending the start message is queued: the re-send sweep will send it.
     assert not TaskResult.objects.filter(task_id=engine.start_task_id(prediction)).exists()
 

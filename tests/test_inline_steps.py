@@ -17,8 +17,9 @@ def test_a_prediction_runs_to_its_end_in_this_process(make_slide, pipelines):
     slide = make_slide(CMU_SLIDE)
     with engine.inline_steps() as steps:
         prediction = engine.submit(slide.experiment, pipelines["nuclei-density"], [slide], {"tile_size": 512})
-        # The submit sends its start message only: the dispatcher runs when it is taken.
-        assert [name for name, _ in steps.pending] == ["predictions.cpu.start_prediction"]
+        # The queue being empty, the dispatcher's first step at once; then the start message.
+        assert [name for name, _ in steps.pending] == ["predictions.cpu.prepare_slide",
+                                                       "predictions.cpu.start_prediction"]
         ran = steps.run()
     prediction.refresh_from_db()
     run = prediction.runs.get()
