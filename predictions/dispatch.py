@@ -270,6 +270,18 @@ def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False, if_room: bool = Fal
             log.exception("could not dispatch the %s queue", queue)
 
 
+def start_if_idle(queue: str, prediction_id: int) -> None:
+    """A submit's own dispatch, after its commit: when nothing else is queued or running on its
+    queue, the prediction starts in the request, so nothing submitted a moment later (an urgent
+    prediction) can overtake one whose answer said "starts now". Otherwise the request costs this
+    one query and no lock: the start message wakes the dispatcher on a worker, milliseconds later,
+    and a busy queue's next step to end dispatches anyway."""
+    others = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING], pipeline__batch_queue=queue)
+              .exclude(pk=prediction_id))
+    if not others.exists():
+        dispatch_all([queue], quick=True)
+
+
 def _priority(step: Step) -> int:
     """The message priority of a dispatched step. Urgency is not one of them: the dispatcher has
     already put urgent work first, and a broker that honours priorities (RabbitMQ) would otherwise

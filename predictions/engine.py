@@ -132,13 +132,9 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
             SlideRun(prediction=prediction, slide=s, slide_sha256=s.sha256, total_units=2,
                      declared_stain=stains[s.pk]) for s in slides
         ])
-        # Started in this request when its queue's window has room, so nothing submitted a moment
-        # later can overtake a prediction that found the workers idle (its ETA said "now"). When
-        # the window is full this costs two counts, not the lock: the start message then wakes the
-        # dispatcher on a worker, and the next step to end dispatches anyway. on_commit keeps the
-        # order: this dispatch, then the start message.
         queue = pipeline_row.batch_queue or dispatch.CPU
-        transaction.on_commit(lambda: dispatch.dispatch_all([queue], quick=True, if_room=True))
+        # robust: the submit is committed; whatever fails here, the start message still goes.
+        transaction.on_commit(lambda: dispatch.start_if_idle(queue, prediction.pk), robust=True)
         send_start(prediction)
     return prediction
 

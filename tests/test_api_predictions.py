@@ -248,6 +248,27 @@ def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch
     assert not TaskResult.objects.filter(task_id=engine.start_task_id(prediction)).exists()
 
 
+def test_submit_still_sends_its_start_when_its_own_dispatch_fails(api_setup, monkeypatch,
+                                                                django_capture_on_commit_callbacks):
+    from django.db import DatabaseError
+
+    from histoia.celery import app
+    from predictions import dispatch
+
+    def database_away(queue, prediction_id):
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    sent = []
+    monkeypatch.setattr(dispatch, "start_if_idle", database_away)
+    monkeypatch.setattr(app, "send_task", lambda name, *args, **kwargs: sent.append(name))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit(api_setup["client"], experiment=api_setup["experiment"].pk, pipeline="tissue-area")
+    # The submit is committed: it answers 202, and its start message (whose worker dispatches) went.
+    assert response.status_code == 202
+    assert Prediction.objects.get(pk=response.json()["id"]).status == Status.QUEUED
+    assert sent == ["predictions.cpu.start_prediction"]
+
+
 # -- cancel, re-run ---------------------------------------------------------------------------------
 def make_prediction(experiment, pipeline, slide, status=Status.SUCCEEDED, user=None, **fields):
     prediction = Prediction.objects.create(experiment=experiment, pipeline=pipeline, status=status,

@@ -29,8 +29,8 @@ def submit(client, body, django_capture_on_commit_callbacks):
     with CaptureQueriesContext(connection) as request, django_capture_on_commit_callbacks() as callbacks:
         response = client.post("/api/v1/predictions/", body, format="json")
     assert response.status_code == 202, response.content
-    # What the request runs after its commit: its dispatch (only counts, the window being full),
-    # then the start message (not sent here).
+    # What the request runs after its commit: its own dispatch (a look at the queue: others wait,
+    # so it leaves the dispatch to the start message's worker), then the start message (not sent).
     assert len(callbacks) == 2
     with CaptureQueriesContext(connection) as after, django_capture_on_commit_callbacks():
         callbacks[0]()
