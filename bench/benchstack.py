@@ -384,6 +384,75 @@ def group_cpu_seconds(groups: set[int]) -> float:
     return total / tick
 
 
+def command_cpu_seconds(command: str) -> float:
+    """CPU time so far of every process named `command` (a service the benchmark did not start:
+    "postgres", "beam.smp"), with what the children they reaped used (a database's ended sessions)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if name == command:
+            fields = rest.split()
+            # utime(11) stime(12) cutime(13) cstime(14), counted after the command
+            total += sum(int(f) for f in fields[11:15])
+    return total / tick
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    idle = ticks[3] + ticks[4]    # idle, iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / tick, sum(ticks) / tick
+
+
+class CpuMeter:
+    """Where a run's CPU went: seconds per part, read before and after (`parts`: name -> a
+    function giving that part's CPU seconds so far), and how busy the whole machine was."""
+
+    def __init__(self, parts: dict):
+        self.parts = parts
+
+    def __enter__(self):
+        self.before = {name: read() for name, read in self.parts.items()}
+        self.machine_before = machine_busy_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.used = {name: read() - self.before[name] for name, read in self.parts.items()}
+        busy, total = (after - before for after, before in zip(machine_busy_seconds(), self.machine_before))
+        self.used["machine"] = busy
+        self.machine_busy = busy / total if total else 0.0
+        return False
+
+    def per_request_ms(self, requests: int) -> dict:
+        return {name: round(seconds * 1000 / max(1, requests), 2) for name, seconds in self.used.items()}
+
+
+def cpu_parts(stack: Stack, web: str = "gunicorn") -> dict:
+    """The parts a run's CPU is charged to, for CpuMeter: the web server (the started command
+    `web`), the database and the broker (none on the embedded stack: SQLite and the filesystem
+    broker live in the web and worker processes), the workers, and the client (this process and
+    its ended children: wrk, or the python client's threads)."""
+    import resource
+
+    def client() -> float:
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    def workers() -> float:
+        keys = [k for k in stack.procs if k.startswith("worker-")]
+        return stack.cpu_seconds(keys) if keys else 0.0
+
+    return {"web": lambda: stack.cpu_seconds([web]), "database": lambda: command_cpu_seconds("postgres"),
+            "broker": lambda: command_cpu_seconds("beam.smp"), "workers": workers, "client": client}
+
+
 # -- predictions ----------------------------------------------------------------------------------
 def pipeline_row(name: str):
     from predictions.models import Pipeline
@@ -441,6 +510,8 @@ def print_profile(profiler) -> None:
     import pstats
 
     stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
+    if os.environ.get("PROFILE_DUMP"):   # a file for pstats, snakeviz and the like
+        stats.dump_stats(os.environ["PROFILE_DUMP"])
     stats.print_stats(os.environ.get("PROFILE_FILTER", ""), int(os.environ.get("PROFILE_TOP", "30")))
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchstack  # noqa: E402
-from benchstack import Stack, free_port, loadavg, machine  # noqa: E402
+from benchstack import CpuMeter, Stack, free_port, loadavg, machine  # noqa: E402
 from web_load import busy, lua_script, run_wrk  # noqa: E402
 
 GOAL_RATIO = 0.3
@@ -91,12 +91,18 @@ def main() -> int:
         def measure(workers_state: str) -> None:
             results = {}
             for name in ("reference", "Histo-IA"):
-                r = run_wrk(urls[name], scripts[name], args.connections, args.seconds)
-                r.update(service=name, workers=workers_state, load=loadavg())
+                with CpuMeter(benchstack.cpu_parts(stack, web="reference" if name == "reference" else "gunicorn")) as cpu:
+                    r = run_wrk(urls[name], scripts[name], args.connections, args.seconds)
+                r.update(service=name, workers=workers_state, load=loadavg(),
+                         cpu_ms_per_request=cpu.per_request_ms(r["requests"]),
+                         machine_busy=round(cpu.machine_busy, 3))
                 results[name] = r
                 report["runs"].append(r)
                 print(f"  {workers_state:5} {name:10} {r['per_s']:8.1f}/s  p50 {r['p50_ms']:6.1f} ms  "
                       f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+                print(f"  {'':5} {'':10} CPU ms per request: "
+                      + ", ".join(f"{part} {ms}" for part, ms in r["cpu_ms_per_request"].items())
+                      + f"; machine busy {cpu.machine_busy:.0%}", flush=True)
             ratio = results["Histo-IA"]["per_s"] / results["reference"]["per_s"]
             met = ratio >= GOAL_RATIO and results["Histo-IA"]["p99_ms"] < GOAL_P99_MS
             report["runs"][-1]["ratio"] = round(ratio, 2)

@@ -18,7 +18,14 @@ Then, one endpoint at a time, --connections concurrent clients (default 20) for 
 - GET /predictions/<id>/ of a finished prediction (figures, plots) and of the running one;
 - POST /api/v1/predictions/ (Authorization: Token ...; JSON body: the experiment, ihc-dab, the
   small CMU slide), which creates a queued prediction per request: submissions per second;
-- GET /predictions/dashboard/live/ again, now with every submitted prediction queued.
+- GET /predictions/dashboard/live/ again, now with every submitted prediction queued;
+- paced, for --paced-seconds: --connections clients each polling the dashboard's live part every
+  3 s, then a running prediction's progress every 2 s, as that many open pages do (the Python
+  client: wrk cannot pace). The closed-loop phases measure how many requests per second the
+  server takes; these, what people with the pages open see.
+
+Each phase also prints where the CPU went per request (web, database, broker, workers, client,
+and the whole machine's busy time), read from /proc before and after it.
 
 Every phase runs with --queued predictions (default 1,000, two labs, ihc-dab on the CMU slide)
 waiting behind the long ones, so the queue's cost shows in the pages.
@@ -43,7 +50,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchstack  # noqa: E402
-from benchstack import Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, top_up, wait_final  # noqa: E402
+from benchstack import (CpuMeter, Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, top_up,  # noqa: E402
+                        wait_final)
 
 TARGET_P99_MS = 300.0
 
@@ -87,7 +95,13 @@ def run_wrk(url, script: Path, connections: int, seconds: float, threads: int = 
             "timeouts": r["timeouts"], "command": " ".join(cmd[:-3] + [Path(cmd[-2]).name, "URL"])}
 
 
-def run_python(url, method, headers, body, connections: int, seconds: float, max_requests: int) -> dict:
+def run_python(url, method, headers, body, connections: int, seconds: float, max_requests: int,
+               every: float | None = None) -> dict:
+    """Closed loop (each client sends its next request when the last is answered), or with
+    `every`: each client sends one request every `every` seconds, as an open page's poll does
+    (the clients' first requests spread over the first interval)."""
+    import random
+
     import requests
 
     deadline = time.monotonic() + seconds
@@ -96,7 +110,13 @@ def run_python(url, method, headers, body, connections: int, seconds: float, max
 
     def client():
         s = requests.Session()
+        next_at = time.monotonic() + (random.uniform(0, every) if every else 0)
         while time.monotonic() < deadline:
+            if every:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + every, time.monotonic())
+                if time.monotonic() >= deadline:
+                    return
             with lock:
                 if count[0] >= max_requests:
                     return
@@ -165,6 +185,8 @@ def main(argv=None) -> int:
                         help="gunicorn WEB_CONCURRENCY (default nproc)")
     parser.add_argument("--cpu-concurrency", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--max-requests", type=int, default=5000, help="python client: bound per endpoint")
+    parser.add_argument("--paced-seconds", type=float, default=45,
+                        help="length of the paced phases (clients polling as open pages do; default 45)")
     parser.add_argument("--stack", choices=("embedded", "real"), default="embedded")
     parser.add_argument("--keep-dumps", type=Path, help="copy py-spy thread dumps of a wedged server here")
     parser.add_argument("--json", type=Path)
@@ -241,6 +263,15 @@ def main(argv=None) -> int:
         if args.single:
             # The same GET endpoints, one client at a time (no queueing behind other requests of ours).
             phases += [(f"{name} [1 conn]", m, pth, h, b) for name, m, pth, h, b in gets]
+        # The same number of people, as they use the pages: each keeps one page open, whose live
+        # part polls on its own (every 3 s for the dashboard, 2 s for a running prediction's
+        # progress, as the templates' hx-trigger says). wrk cannot pace, so the Python client.
+        paced = {f"dashboard live, {args.connections} open dashboards (every 3 s)": 3.0,
+                 f"progress, {args.connections} open prediction pages (every 2 s)": 2.0}
+        phases += [
+            (list(paced)[0], "GET", "/predictions/dashboard/live/", cookie_h, None),
+            (list(paced)[1], "GET", f"/predictions/{long_cpu.pk}/progress/", cookie_h, None),
+        ]
         phases += [
             ("submit (API POST)", "POST", "/api/v1/predictions/", api_h, body),
             ("dashboard live, after submits", "GET", "/predictions/dashboard/live/", cookie_h, None),
@@ -274,21 +305,30 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{name}: {method} {path} answered {check.status_code}: {check.text[:500]}")
             before = {"load": loadavg(), "busy": busy(),
                       "queued": Prediction.objects.filter(status="queued").count()}
-            if client == "wrk":
-                script = lua_script(stack.work, "".join(ch if ch.isalnum() else "_" for ch in name),
-                                    method, payload, headers)
-                result = run_wrk(base + path, script, connections, args.seconds, threads=min(2, connections))
-            else:
-                result = run_python(base + path, method, headers, payload, connections, args.seconds,
-                                    args.max_requests)
+            with CpuMeter(benchstack.cpu_parts(stack)) as cpu:
+                if name in paced:
+                    result = run_python(base + path, method, headers, payload, connections, args.paced_seconds,
+                                        args.max_requests, every=paced[name])
+                elif client == "wrk":
+                    script = lua_script(stack.work, "".join(ch if ch.isalnum() else "_" for ch in name),
+                                        method, payload, headers)
+                    result = run_wrk(base + path, script, connections, args.seconds, threads=min(2, connections))
+                else:
+                    result = run_python(base + path, method, headers, payload, connections, args.seconds,
+                                        args.max_requests)
+            result.update({"cpu_ms_per_request": cpu.per_request_ms(result["requests"]),
+                           "machine_busy": round(cpu.machine_busy, 3), "every_s": paced.get(name)})
             result.update({"name": name, "method": method, "path": path, "load_before": before["load"],
                            "connections": connections, "drained_s_before": waited,
                            "busy_before": before["busy"], "busy_after": busy(), "load_after": loadavg(),
                            "queued_predictions_before": before["queued"]})
             report["phases"].append(result)
-            print(f"  {name:<38} p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>8} ms  {result['per_s']:>6}/s  "
+            print(f"  {name:<52} p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>8} ms  {result['per_s']:>6}/s  "
                   f"errors {result['errors']}  busy {before['busy']} -> {result['busy_after']}  "
                   f"load {before['load']}", flush=True)
+            print(f"  {'':<52} CPU ms per request: "
+                  + ", ".join(f"{part} {ms}" for part, ms in result["cpu_ms_per_request"].items())
+                  + f"; machine busy {cpu.machine_busy:.0%}", flush=True)
         report["submitted"] = Prediction.objects.filter(trigger="api").count()
         report["still_running"] = {str(p.pk): p.status for p in Prediction.objects.filter(pk__in=[long_cpu.pk, long_gpu.pk])}
         for p in (long_cpu, long_gpu):
@@ -308,10 +348,10 @@ def main(argv=None) -> int:
     print(f"client:  {tool} ({args.connections} connections, {args.seconds:.0f} s per endpoint)")
     print(f"busy at start: {report['saturated_at_start']} tile batches running (cpu processes: {args.cpu_concurrency}, gpu: 1)")
     print()
-    print(f"{'endpoint':<38} {'conn':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+    print(f"{'endpoint':<52} {'conn':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'errors':>6}  busy before/after  queued  load before")
     for p in report["phases"]:
-        print(f"{p['name']:<38} {p['connections']:>4} {p['requests']:>8} {p['per_s']:>7} {p['p50_ms']:>8} {p['p90_ms']:>8} {p['p99_ms']:>8} "
+        print(f"{p['name']:<52} {p['connections']:>4} {p['requests']:>8} {p['per_s']:>7} {p['p50_ms']:>8} {p['p90_ms']:>8} {p['p99_ms']:>8} "
               f"{p['max_ms']:>8} {p['errors']:>6}  {p['busy_before']['cpu']}+{p['busy_before']['gpu']} / "
               f"{p['busy_after']['cpu']}+{p['busy_after']['gpu']}        {p['queued_predictions_before']:>6}  {p['load_before']}")
     for w in report["wedged"]:
@@ -321,10 +361,14 @@ def main(argv=None) -> int:
     print()
     print(f"submissions: {submit['per_s']}/s with {args.connections} clients ({report['submitted']} predictions "
           f"created, {submit['requests']} requests)")
-    worst = max(report["phases"], key=lambda p: p["p99_ms"])
-    ok = all(p["p99_ms"] < TARGET_P99_MS for p in report["phases"])
-    print(f"p99 target < {TARGET_P99_MS:.0f} ms: {'met on every endpoint' if ok else 'missed'}; worst: "
-          f"{worst['name']} p99 {worst['p99_ms']} ms")
+    for kind, phases in (("back to back", [p for p in report["phases"] if not p.get("every_s")]),
+                         ("paced as open pages", [p for p in report["phases"] if p.get("every_s")])):
+        if not phases:
+            continue
+        worst = max(phases, key=lambda p: p["p99_ms"])
+        ok = all(p["p99_ms"] < TARGET_P99_MS for p in phases)
+        print(f"p99 target < {TARGET_P99_MS:.0f} ms, clients {kind}: {'met on every endpoint' if ok else 'missed'}; "
+              f"worst: {worst['name']} p99 {worst['p99_ms']} ms")
     benchstack.dump(args.json, report)
     return 0
 
