@@ -13,5 +13,6 @@ GPU = "gpu"
 QUEUE_NAMES = (CPU, GPU)
 
 MAX_PRIORITY = 10  # the queues' x-max-priority (histoia/celery.py)
+PRIORITY_LOW = 1   # behind every step: a prediction's start message (predictions/engine.py)
 PRIORITY_NORMAL = 5
 PRIORITY_URGENT = 9  # "urgent" predictions overtake normal work still waiting in the queue

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from experiments.slide_files import SlideFileError, SlideReader
 
-from histoia.queues import MAX_PRIORITY
+from histoia.queues import MAX_PRIORITY, PRIORITY_LOW
 from histoia.spreadsheet import dict_writer
 
 from . import detections, dispatch, queueing, task_records
@@ -147,13 +147,17 @@ def current_model(model_name: str) -> RegisteredModel | None:
 def send_start(prediction: Prediction) -> None:
     """Send the start message after commit; a broker that is away does not fail the submit.
 
-    The message only wakes the dispatcher, which puts the work in run order (urgent first); so it
-    goes at the highest priority, ahead of steps already waiting for a worker. The prediction stays
-    queued if it cannot be sent, and predictions.cpu.resend_queued_predictions sends it again (it
-    finds no task row for start_task_id: the row written with the prediction is removed then).
+    The message only wakes the dispatcher, which puts the work in run order (urgent first). It
+    goes behind every step (PRIORITY_LOW): a submit to an idle queue has already started its
+    prediction (dispatch.start_if_idle), and on a busy queue the next step to end dispatches
+    anyway, so a burst of submits (a script sending hundreds) must not hold the running steps
+    back (bench/submit_burst.py). With room and no step waiting, a worker takes it at once.
+    The prediction stays queued if it cannot be sent, and predictions.cpu.resend_queued_predictions
+    sends it again (it finds no task row for start_task_id: the row written with the prediction is
+    removed then).
     """
     _send_after_commit("predictions.cpu.start_prediction", prediction, [prediction.pk],
-                       task_id=start_task_id(prediction), robust=True, priority=MAX_PRIORITY)
+                       task_id=start_task_id(prediction), robust=True, priority=PRIORITY_LOW)
 
 
 def _send_after_commit(task_name, prediction, args, task_id=None, robust=False, priority=None):

@@ -217,3 +217,35 @@ def test_a_slide_whose_aggregate_was_claimed_and_never_sent_is_finished_by_a_res
     workers.start("cpu")
     finished(prediction)
     assert prediction.runs.get().metrics["tissue_area_px"] > 0
+
+
+def test_a_start_message_waits_behind_the_steps(workers, pipeline_rows, experiment, alice, settings):
+    """A script that submits hundreds of predictions to busy workers must not hold back the
+    running ones (bench/submit_burst.py): each submit's start message goes behind every step,
+    even a step sent after it. (A submit to an idle queue has started its prediction itself.)"""
+    from histoia.celery import app
+    from predictions import dispatch
+    from tests.factories import SlideFactory
+
+    if not settings.CELERY_BROKER_IS_AMQP:
+        pytest.skip("the filesystem broker has no message priorities")
+    workers.kill("cpu")     # nothing takes the messages: they wait in the queue, in its order
+    try:
+        app.control.purge()
+        slide = SlideFactory(experiment=experiment, source=None, status="ready", width=2220, height=2967,
+                             sha256="ab" * 32)
+        prediction = engine.submit(experiment, pipeline_rows["ihc-dab"], [slide], {}, user=alice)
+        run = prediction.runs.get()
+        # The idle queue: the submit sent its slide's prepare, then its start message. Then a
+        # tile batch, as the dispatcher sends them for a running prediction.
+        batch = dispatch.Step("batch", prediction.pk, run.pk, 0, "cpu")
+        engine.publish(batch.task_name, batch.args, task_id=batch.task_id, priority=dispatch._priority(batch))
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            taken = []
+            while (message := channel.basic_get("cpu", no_ack=True)) is not None:
+                taken.append(message.headers["task"])
+        assert taken == ["predictions.cpu.prepare_slide", "predictions.cpu.tile_batch",
+                         "predictions.cpu.start_prediction"]
+    finally:
+        workers.start("cpu")
