@@ -368,39 +368,28 @@ class Stack:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def group_cpu_seconds(groups: set[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _processes():
+    """(command name, the fields of /proc/<pid>/stat after it) of every process now."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state(0) ppid(1) pgrp(2) ... utime(11) stime(12)
-        if int(fields[2]) in groups:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+        if entry.name.isdigit():
+            try:
+                name, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            except (OSError, ValueError):
+                continue
+            # after the command: state(0) ppid(1) pgrp(2) ... utime(11) stime(12) cutime(13) cstime(14)
+            yield name, rest.split()
+
+
+def group_cpu_seconds(groups: set[int]) -> float:
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in _processes() if int(f[2]) in groups)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def command_cpu_seconds(command: str) -> float:
     """CPU time so far of every process named `command` (a service the benchmark did not start:
     "postgres", "beam.smp"), with what the children they reaped used (a database's ended sessions)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
-        except (OSError, ValueError):
-            continue
-        if name == command:
-            fields = rest.split()
-            # utime(11) stime(12) cutime(13) cstime(14), counted after the command
-            total += sum(int(f) for f in fields[11:15])
-    return total / tick
+    ticks = sum(sum(int(x) for x in f[11:15]) for name, f in _processes() if name == command)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> tuple[float, float]:

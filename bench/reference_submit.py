@@ -91,7 +91,8 @@ def main() -> int:
         def measure(workers_state: str) -> None:
             results = {}
             for name in ("reference", "Histo-IA"):
-                with CpuMeter(benchstack.cpu_parts(stack, web="reference" if name == "reference" else "gunicorn")) as cpu:
+                web = "reference" if name == "reference" else "gunicorn"
+                with CpuMeter(benchstack.cpu_parts(stack, web=web)) as cpu:
                     r = run_wrk(urls[name], scripts[name], args.connections, args.seconds)
                 r.update(service=name, workers=workers_state, load=loadavg(),
                          cpu_ms_per_request=cpu.per_request_ms(r["requests"]),

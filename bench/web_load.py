@@ -50,8 +50,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchstack  # noqa: E402
-from benchstack import (CpuMeter, Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, top_up,  # noqa: E402
-                        wait_final)
+from benchstack import (  # noqa: E402
+    CpuMeter, Stack, loadavg, machine, make_large_slide, percentile, pipeline_row, top_up, wait_final)
 
 TARGET_P99_MS = 300.0
 
