@@ -381,13 +381,16 @@ def _processes():
 
 
 def group_cpu_seconds(groups: set[int]) -> float:
+    """CPU time so far of the live processes of these process groups (a process that exits takes
+    its time with it: gunicorn's and celery's pool processes live as long as a benchmark)."""
     ticks = sum(int(f[11]) + int(f[12]) for _, f in _processes() if int(f[2]) in groups)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def command_cpu_seconds(command: str) -> float:
-    """CPU time so far of every process named `command` (a service the benchmark did not start:
-    "postgres", "beam.smp"), with what the children they reaped used (a database's ended sessions)."""
+    """CPU time so far of every process named `command` on the machine (a service the benchmark
+    did not start: "postgres", "beam.smp"), with what the children they reaped used (a database's
+    ended sessions). Whoever else uses that service is counted too: run nothing else meanwhile."""
     ticks = sum(sum(int(x) for x in f[11:15]) for name, f in _processes() if name == command)
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -425,9 +428,9 @@ class CpuMeter:
 
 def cpu_parts(stack: Stack, web: str = "gunicorn") -> dict:
     """The parts a run's CPU is charged to, for CpuMeter: the web server (the started command
-    `web`), the database and the broker (none on the embedded stack: SQLite and the filesystem
-    broker live in the web and worker processes), the workers, and the client (this process and
-    its ended children: wrk, or the python client's threads)."""
+    `web`), the machine's PostgreSQL and RabbitMQ (on the embedded stack SQLite and the filesystem
+    broker work inside the web and worker processes, and these read near zero), the workers, and
+    the client (this process and its ended children: wrk, or the python client's threads)."""
     import resource
 
     def client() -> float:

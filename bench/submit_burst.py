@@ -8,9 +8,9 @@ A throw-away stack (bench/benchstack.py) with a cpu worker of one process per co
 prediction (ihc-dab on the 40,000 px generated slide: short tile batches, so a stall between
 them shows) keeps every process busy; once its tile batches run on every process, --submits
 predictions (ihc-dab on the CMU slide, queued behind it) are submitted back to back through the
-submit's own code (engine.submit, as POST /api/v1/predictions/ calls it). Every --sample seconds,
-for --before seconds before the burst and --window seconds from its start, the script counts the
-tile batches running (STARTED task rows).
+submit's own code (engine.submit, as POST /api/v1/predictions/ calls it), in a thread of their
+own. Every --sample seconds, for --before seconds before the burst and --window seconds from its
+start (the burst included), the script counts the tile batches running (STARTED task rows).
 
 What a lab expects: the running prediction goes on at its pace. Printed: the mean number of
 processes running a tile batch before and after, the longest time with none running, and how
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def main() -> int:
             return TaskResult.objects.filter(status="STARTED", task_name__endswith="tile_batch").count()
 
         def starts_left() -> int:
-            return TaskResult.objects.filter(status="PENDING", task_name="predictions.cpu.start_prediction").count()
+            return TaskResult.objects.filter(status="PENDING", task_name="predictions.cpu.start_prediction",
+                                             task_id__in=[engine.start_task_id(p) for p in burst]).count()
 
         deadline = time.monotonic() + 300
         while running() < processes:
@@ -83,16 +85,33 @@ def main() -> int:
         print(f"workers: a cpu worker of {processes} processes; the long prediction: ihc-dab, "
               f"{slide_path.name}; burst: {args.submits} x ihc-dab on the CMU slide, back to back")
         pipeline, slide = pipeline_row("ihc-dab"), slides[experiment.pk]
+        burst, burst_s = [], []
+
+        def submit_all() -> None:
+            # In its own thread (and database connection): the sampling goes on during the burst.
+            from django.db import connection
+
+            began = time.monotonic()
+            try:
+                for _ in range(args.submits):
+                    burst.append(engine.submit(experiment, pipeline, [slide], {}, user=user))
+            finally:
+                burst_s.append(time.monotonic() - began)
+                connection.close()
+
         burst_start = time.monotonic()
-        for _ in range(args.submits):
-            engine.submit(experiment, pipeline, [slide], {}, user=user)
-        burst_s = time.monotonic() - burst_start
+        submitter = threading.Thread(target=submit_all)
+        submitter.start()
         after, starts_done_s = [], None
         while (at := time.monotonic() - burst_start) < args.window:
             after.append((at, running()))
-            if starts_done_s is None and starts_left() == 0:
+            if starts_done_s is None and not submitter.is_alive() and starts_left() == 0:
                 starts_done_s = at
             time.sleep(args.sample)
+        submitter.join()
+        if len(burst) < args.submits:
+            raise SystemExit(f"the burst stopped after {len(burst)} submits; see the traceback above")
+        burst_s = burst_s[0]
         longest, idle_since = 0.0, None
         for at, count in after:
             if count:
@@ -107,7 +126,7 @@ def main() -> int:
               f"{mean[1]:.2f} in the {args.window:.0f} s from the burst's start (of {processes})")
         print(f"longest time with no tile batch running after the burst: {longest:.1f} s (sampled every "
               f"{args.sample} s; {sum(1 for _, c in after if c == 0)} of {len(after)} samples with none)")
-        print("start messages consumed: " + (f"{starts_done_s:.1f} s after the burst's start" if starts_done_s
+        print("start messages consumed: " + (f"{starts_done_s:.1f} s after the burst's start" if starts_done_s is not None
                                              else f"not all within {args.window:.0f} s ({starts_left()} left)"))
         still = Prediction.objects.filter(status=Status.QUEUED).count()
         print(f"predictions waiting at the end: {still}")

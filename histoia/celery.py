@@ -32,9 +32,9 @@ def queue_arguments(queue_type: str) -> dict:
     if queue_type == "quorum":
         # Replicated on the cluster's nodes: a message RabbitMQ has confirmed survives the loss
         # of any one node. What it costs: RabbitMQ 3.x quorum queues take no x-max-priority and
-        # deliver in publish order, so message priority is ignored. A slide's aggregate, a gpu
-        # prediction's prepare and an urgent prediction's start then wait behind the messages
-        # already in the queue; but the dispatcher (predictions/dispatch.py) keeps only a small
+        # deliver in publish order, so message priority is ignored. A slide's aggregate and a
+        # gpu prediction's prepare then wait behind the messages already in the queue (and a
+        # submit's start message no longer waits behind them); but the dispatcher (predictions/dispatch.py) keeps only a small
         # window of each queue's work in the broker, sent in run order, so the order the queue
         # pages show is mostly kept and such a message waits for a few steps at most.
         # Workers see the type here (worker_detect_quorum_queues) and turn off global QoS,

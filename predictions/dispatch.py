@@ -24,8 +24,8 @@ dispatch sends it again; if the dispatcher dies between the two, send_unsent() s
 worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the web process after a submit to an idle queue (start_if_idle: nothing can
-overtake a prediction whose answer said "starts now") and after a cancel; a worker after each
+Who dispatches: the web process after a submit to a queue with no step in flight (start_if_idle:
+nothing can overtake a prediction whose answer said "starts now") and after a cancel; a worker after each
 step; the worker taking a submit's start message (sent behind every step: on a busy queue it is
 only a wake-up, and a burst of them must not hold the running work back); and beat once a minute
 (with the re-send of queued predictions, predictions/maintenance.py), which also sends again
@@ -271,15 +271,13 @@ def dispatch_all(queues=QUEUE_NAMES, *, quick: bool = False, if_room: bool = Fal
             log.exception("could not dispatch the %s queue", queue)
 
 
-def start_if_idle(queue: str, prediction_id: int) -> None:
-    """A submit's own dispatch, after its commit: when nothing else is queued or running on its
-    queue, the prediction starts in the request, so nothing submitted a moment later (an urgent
-    prediction) can overtake one whose answer said "starts now". Otherwise the request costs this
-    one query and no lock: the start message wakes the dispatcher on a worker, milliseconds later,
-    and a busy queue's next step to end dispatches anyway."""
-    others = (Prediction.objects.filter(status__in=[Status.QUEUED, Status.RUNNING], pipeline__batch_queue=queue)
-              .exclude(pk=prediction_id))
-    if not others.exists():
+def start_if_idle(queue: str) -> None:
+    """A submit's own dispatch, after its commit. With no step in flight on its queue, no step's
+    end is coming to dispatch: the prediction starts in the request, so nothing submitted a moment
+    later (an urgent prediction) can overtake one whose answer said "starts now". With steps in
+    flight, the next to end dispatches, and the request costs the count, not the lock. (The start
+    message is the fallback: it waits behind every step, so it runs when the queue has a moment.)"""
+    if in_flight(queue) == 0:
         dispatch_all([queue], quick=True)
 
 

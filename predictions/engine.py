@@ -134,7 +134,7 @@ def submit(experiment, pipeline_row, slides, params=None, *, user=None, trigger=
         ])
         queue = pipeline_row.batch_queue or dispatch.CPU
         # robust: the submit is committed; whatever fails here, the start message still goes.
-        transaction.on_commit(lambda: dispatch.start_if_idle(queue, prediction.pk), robust=True)
+        transaction.on_commit(lambda: dispatch.start_if_idle(queue), robust=True)
         send_start(prediction)
     return prediction
 

@@ -167,9 +167,9 @@ def test_submit_answers_202_and_sends_its_start_after_commit(api_setup, django_c
     assert prediction.status == Status.QUEUED and prediction.priority == "urgent"
     assert [r.slide_id for r in prediction.runs.all()] == [api_setup["slide"].pk]
     assert body["queue_position"] == 1 and body["eta_seconds"] > 0
-    # Once the rows are committed: the dispatcher's call (it starts the prediction at once when
-    # the workers have room), then the start message. Its task row, "queued", was written with
-    # the prediction's rows.
+    # Once the rows are committed: the submit's own dispatch (it starts the prediction at once
+    # when nothing is in flight on its queue), then the start message. Its task row, "queued",
+    # was written with the prediction's rows.
     assert len(callbacks) == 2
     start = TaskResult.objects.get(task_id=f"p{prediction.pk}-start")
     assert (start.status, start.task_name, start.task_args) == ("PENDING", "predictions.cpu.start_prediction",
@@ -248,6 +248,25 @@ def test_submit_still_answers_202_when_the_broker_is_away(api_setup, monkeypatch
     assert not TaskResult.objects.filter(task_id=engine.start_task_id(prediction)).exists()
 
 
+def test_a_submit_to_a_queue_with_nothing_in_flight_starts_the_work_at_once(api_setup, pipeline_rows, monkeypatch,
+                                                                           django_capture_on_commit_callbacks):
+    """Work queued before, whose start message has not reached a worker (it waits behind other
+    messages, or the broker lost it), is not left waiting for the minute's sweep: with nothing in
+    flight on the queue, no step's end will dispatch, so the next submit does, in run order."""
+    sent = []
+    monkeypatch.setattr(engine, "publish", lambda name, args, **kwargs: sent.append(name))
+    experiment, slide = api_setup["experiment"], api_setup["slide"]
+    with django_capture_on_commit_callbacks():   # not run: its dispatch and start message never happen
+        earlier = engine.submit(experiment, pipeline_rows["tissue-area"], [slide], {})
+    assert Prediction.objects.get(pk=earlier.pk).status == Status.QUEUED
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit(api_setup["client"], experiment=experiment.pk, pipeline="tissue-area")
+    assert response.status_code == 202
+    earlier.refresh_from_db()
+    assert earlier.status == Status.RUNNING and sent == ["predictions.cpu.prepare_slide"]
+    assert Prediction.objects.get(pk=response.json()["id"]).status == Status.QUEUED   # behind it, in turn
+
+
 def test_submit_still_sends_its_start_when_its_own_dispatch_fails(api_setup, monkeypatch,
                                                                 django_capture_on_commit_callbacks):
     from django.db import DatabaseError
@@ -255,7 +274,7 @@ def test_submit_still_sends_its_start_when_its_own_dispatch_fails(api_setup, mon
     from histoia.celery import app
     from predictions import dispatch
 
-    def database_away(queue, prediction_id):
+    def database_away(queue):
         raise DatabaseError("server closed the connection unexpectedly")
 
     sent = []
