@@ -34,9 +34,10 @@ def queue_arguments(queue_type: str) -> dict:
         # of any one node. What it costs: RabbitMQ 3.x quorum queues take no x-max-priority and
         # deliver in publish order, so message priority is ignored. A slide's aggregate and a
         # gpu prediction's prepare then wait behind the messages already in the queue (and a
-        # submit's start message no longer waits behind them); but the dispatcher (predictions/dispatch.py) keeps only a small
-        # window of each queue's work in the broker, sent in run order, so the order the queue
-        # pages show is mostly kept and such a message waits for a few steps at most.
+        # submit's start message no longer waits behind them); but the dispatcher
+        # (predictions/dispatch.py) keeps only a small window of each queue's work in the
+        # broker, sent in run order, so the order the queue pages show is mostly kept and such a
+        # message waits for a few steps at most.
         # Workers see the type here (worker_detect_quorum_queues) and turn off global QoS,
         # which quorum queues refuse. A step retried after a database outage (a countdown,
         # predictions/tasks.py) still runs: the worker holds the message until its time, as on

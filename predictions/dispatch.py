@@ -24,12 +24,12 @@ dispatch sends it again; if the dispatcher dies between the two, send_unsent() s
 worker starts, or within a minute or two (beat). A redelivered message (a worker killed mid-task) is still counted, so a
 crash changes neither the order nor the window.
 
-Who dispatches: the web process after a submit to a queue with no step in flight (start_if_idle:
-nothing can overtake a prediction whose answer said "starts now") and after a cancel; a worker after each
-step; the worker taking a submit's start message (sent behind every step: on a busy queue it is
-only a wake-up, and a burst of them must not hold the running work back); and beat once a minute
-(with the re-send of queued predictions, predictions/maintenance.py), which also sends again
-what a broker that was away refused.
+Who dispatches: the web process after a submit to a queue with no step in flight
+(start_if_idle: nothing can overtake a prediction whose answer said "starts now") and after a
+cancel; a worker after each step; the worker taking a submit's start message (sent behind every
+step: on a busy queue it is only a wake-up, and a burst of them must not hold the running work
+back); and beat once a minute (with the re-send of queued predictions,
+predictions/maintenance.py), which also sends again what a broker that was away refused.
 """
 
 from __future__ import annotations
